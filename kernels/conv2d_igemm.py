@@ -1,0 +1,91 @@
+"""Implicit-GEMM convolution: the direct kernel and, as a constexpr specialisation, the 1x1 GEMM.
+
+The convolution is a matrix product that is never materialised:
+
+    Y[m, k] = sum_r X_col[m, r] * W_col[r, k]
+    m = (n, p, q) output pixel,  k = output channel,  r = (kh, kw, c) reduction index
+
+Each program owns a BLOCK_M x BLOCK_N tile of Y (pixels x output channels) of one group and
+walks the reduction tap by tap (kh, kw), BLOCK_K input channels at a time, gathering X_col's
+rows straight from the input through its strides. Zero padding is a load mask, so there is no
+padded copy and no im2col buffer; NCHW, NHWC and non-contiguous inputs differ only in strides.
+
+IS_1X1 turns the same source into a plain GEMM over [N*H*W, C] x [C, K] (1x1 kernel, stride 1,
+no padding): no tap loop, no halo masks; the launcher dispatches it under its own name and
+tile table ("gemm_1x1").
+"""
+import triton
+import triton.language as tl
+
+from .common import dot_acc, epilogue_store, grouped_tile_ids, split_pixels, tile_offsets
+
+
+@triton.jit
+def conv2d_igemm_kernel(
+    # pointers
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    # sizes (channels are per group)
+    N, C_PER_GROUP, H, W, K_PER_GROUP, P, Q, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_wh, stride_ww,
+    stride_yn, stride_yk, stride_yh, stride_yw,
+    # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
+    bucket_m, bucket_n, bucket_r,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, IS_1X1: tl.constexpr,
+    INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Grid: (cdiv(N*P*Q, BLOCK_M) * cdiv(K_PER_GROUP, BLOCK_N), groups)."""
+    M = N * P * Q
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(K_PER_GROUP, BLOCK_N)
+    pid_m, pid_n = grouped_tile_ids(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    group = tl.program_id(1)
+    offs_m, mask_m = tile_offsets(pid_m, M, BLOCK_M, INDEX_64)
+    offs_n, mask_n = tile_offsets(pid_n, K_PER_GROUP, BLOCK_N, INDEX_64)
+    offs_c = tl.arange(0, BLOCK_K)
+    if INDEX_64:
+        group = group.to(tl.int64)
+        offs_c = offs_c.to(tl.int64)
+
+    # Channel blocks of this group.
+    x_ptr += group * C_PER_GROUP * stride_xc
+    w_ptr += group * K_PER_GROUP * stride_wk
+    out_channel = group * K_PER_GROUP + offs_n
+
+    n, p, q = split_pixels(offs_m, P, Q)
+    x_pixel = n * stride_xn
+    w_col = offs_n[None, :] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if not IS_1X1:
+        ih0 = p * stride_h - pad_h
+        iw0 = q * stride_w - pad_w
+    for tap in range(0, KH * KW):  # a single tap when IS_1X1 (the launcher passes KH = KW = 1)
+        if IS_1X1:
+            row_ok = mask_m
+            x_rows = x_pixel + p * stride_xh + q * stride_xw
+            w_tap = w_ptr + w_col
+        else:
+            kh = tap // KW
+            kw = tap % KW
+            ih = ih0 + kh * dil_h
+            iw = iw0 + kw * dil_w
+            # Out-of-image taps read as zero: this mask is the padding.
+            row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_rows = x_pixel + ih * stride_xh + iw * stride_xw
+            w_tap = w_ptr + kh * stride_wh + kw * stride_ww + w_col
+        for c0 in range(0, C_PER_GROUP, BLOCK_K):
+            c_ok = offs_c < C_PER_GROUP - c0
+            a = tl.load(x_ptr + x_rows[:, None] + (c0 + offs_c)[None, :] * stride_xc,
+                        mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_tap + (c0 + offs_c)[:, None] * stride_wc,
+                        mask=c_ok[:, None] & mask_n[None, :], other=0.0)
+            acc = dot_acc(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
+
+    y_offsets = (n * stride_yn + p * stride_yh + q * stride_yw)[:, None] + out_channel[None, :] * stride_yk
+    epilogue_store(acc, y_ptr, y_offsets, mask_m[:, None] & mask_n[None, :],
+                   bias_ptr + group * K_PER_GROUP, offs_n, mask_n, HAS_BIAS, ACTIVATION)

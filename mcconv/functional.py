@@ -1,0 +1,24 @@
+"""The public convolution function."""
+from ._launch import conv2d_forward
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+    """2-D convolution with the semantics of ``torch.nn.functional.conv2d``, plus a fused activation.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; float16, bfloat16 or float32; CUDA
+            (or CPU under ``TRITON_INTERPRET=1``). Any strides; channels_last in gives
+            channels_last out.
+        weight: ``(K, C / groups, kH, kW)``, same dtype and device.
+        bias: optional ``(K,)``.
+        stride, dilation: int or pair, >= 1.
+        padding: int, pair, ``(top, bottom, left, right)``, ``"valid"`` or ``"same"`` (stride 1;
+            the extra pixel of even kernels goes bottom/right, as in torch).
+        groups: divides both C and K.
+        activation: None, ``"relu"``, ``"silu"`` or ``"gelu"`` (erf form), applied after the bias
+            in the kernel's epilogue.
+
+    Returns:
+        ``act(conv2d(input, weight) + bias)`` in the input's dtype, accumulated in fp32.
+    """
+    return conv2d_forward(input, weight, bias, stride, padding, dilation, groups, activation)

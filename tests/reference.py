@@ -1,0 +1,47 @@
+"""Plain-torch references and tolerances shared by the test modules."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+# On the CPU the suite runs through Triton's interpreter, whose bf16 tl.dot mcconv avoids.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+
+_ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
+
+
+def reference_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    """float64 CPU reference of act(conv2d(x, w) + b) on the very values mcconv received."""
+    pad = padding
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:  # mcconv's (top, bottom, left, right)
+        top, bottom, left, right = padding
+        x = F.pad(x, (left, right, top, bottom))
+        pad = 0
+    y = F.conv2d(x.detach().double().cpu(), w.detach().double().cpu(),
+                 None if b is None else b.detach().double().cpu(),
+                 stride=stride, padding=pad, dilation=dilation, groups=groups)
+    return _ACTIVATIONS[activation](y)
+
+
+def unit_roundoff(dtype: torch.dtype, device: str = DEVICE) -> float:
+    """Relative rounding error of one operand or output element in mcconv's arithmetic."""
+    if dtype == torch.float32:
+        from mcconv._backend import conv_uses_tf32
+
+        # TF32 keeps 10 mantissa bits on the GPU when torch would use it; the interpreter is IEEE.
+        return 2.0 ** -11 if device == "cuda" and conv_uses_tf32() else 2.0 ** -23
+    return {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
+
+
+def assert_conv_close(actual, expected, dtype, reduction_length: int, device: str = DEVICE):
+    """Tolerance by dtype and reduction length.
+
+    Each output rounds once to `dtype` (relative error u) and sums `reduction_length` products of
+    operands rounded to the dot's precision; random-sign rounding errors grow like sqrt(length).
+    """
+    u = unit_roundoff(dtype, device)
+    rtol = 4 * u
+    atol = 4 * u * math.sqrt(reduction_length) + 1e-6
+    torch.testing.assert_close(actual.detach().double().cpu(), expected.double(), rtol=rtol, atol=atol)
