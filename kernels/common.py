@@ -21,15 +21,42 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def epilogue_store(acc, y_ptr, y_offsets, mask, bias_ptr, offs_n, mask_n,
-                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+def activation_derivative(z, ACTIVATION: tl.constexpr):
+    """d act(z) / dz in fp32, the backward of :func:`apply_activation` ("none" gives 1).
+
+    For "relu" `z` may be the activation's output y instead: y > 0 exactly where z > 0, and
+    the derivative at 0 is 0, as in torch.
+    """
+    z = z.to(tl.float32)
+    if ACTIVATION == "relu":
+        d = tl.where(z > 0.0, 1.0, 0.0)
+    elif ACTIVATION == "silu":
+        s = tl.sigmoid(z)
+        d = s * (1.0 + z * (1.0 - s))
+    elif ACTIVATION == "gelu":
+        # d/dz [z * Phi(z)] = Phi(z) + z * phi(z), Phi/phi the standard normal cdf/pdf.
+        cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
+        pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
+        d = cdf + z * pdf
+    else:
+        d = tl.full(z.shape, 1.0, tl.float32)
+    return d
+
+
+@triton.jit
+def epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask, bias_ptr, offs_n, mask_n,
+                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr):
     """Bias along the output-channel axis (axis 1), activation, cast to y's dtype, masked store.
 
     `acc` is a [BLOCK_M, BLOCK_N] fp32 tile whose columns are output channels `offs_n`.
+    STORE_PREACT also stores the pre-activation z = acc + bias at the same offsets of `z_ptr`
+    (silu's and gelu's backward need z, which y alone does not determine).
     """
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
         acc = acc + bias.to(tl.float32)[None, :]
+    if STORE_PREACT:
+        tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=mask)
     acc = apply_activation(acc, ACTIVATION)
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -66,6 +93,54 @@ def split_pixels(offs_m, P, Q):
     q = offs_m % Q
     npix = offs_m // Q
     return npix // P, npix % P, q
+
+
+@triton.jit
+def pixel_count(N, P, Q, INDEX_64: tl.constexpr):
+    """N * P * Q, in int64 when INDEX_64: the pixel count itself may pass 2**31."""
+    if INDEX_64:
+        count = tl.cast(N, tl.int64) * P * Q
+    else:
+        count = N * P * Q
+    return count
+
+
+@triton.jit
+def phase_extent(phase, H, W, stride_h, stride_w):
+    """Stride phase `phase` of an H x W input gradient: pixels h = i * stride_h + phase_h, w likewise.
+
+    Returns (phase_h, phase_w, rows_h, rows_w); rows_* may be 0 where the image is smaller than
+    the stride. Every pixel of one phase meets the same taps of a strided convolution.
+    """
+    phase_h = phase // stride_w
+    phase_w = phase % stride_w
+    return phase_h, phase_w, tl.cdiv(H - phase_h, stride_h), tl.cdiv(W - phase_w, stride_w)
+
+
+@triton.jit
+def transposed_tap(phase_h, phase_w, kh, kw, pad_h, pad_w, dil_h, dil_w, stride_h, stride_w):
+    """Does tap (kh, kw) reach the input-gradient pixels of a phase, and from which output pixel?
+
+    Pixel h = i * stride_h + phase_h took tap kh from output row p = (h + pad_h - kh*dil_h) / stride_h
+    when that division is exact, which depends on h only through phase_h; then p = i + dp.
+    Returns (ok, dp, dq); dp and dq are meaningful only when ok.
+    """
+    dh = phase_h + pad_h - kh * dil_h
+    dw = phase_w + pad_w - kw * dil_w
+    # Zero remainder is the same test under C's and Python's sign rules; exact // then agrees too.
+    return (dh % stride_h == 0) & (dw % stride_w == 0), dh // stride_h, dw // stride_w
+
+
+@triton.jit
+def chunk_bounds(split, num_splits, size, BLOCK: tl.constexpr):
+    """[start, end) of split `split` of `num_splits` over a reduction of `size`, in whole BLOCKs.
+
+    The shares tile [0, size) exactly and depend only on the launch shape, so the partial sums,
+    and their fixed-order combination, are the same on every run.
+    """
+    chunk = tl.cdiv(tl.cdiv(size, num_splits), BLOCK) * BLOCK
+    start = split * chunk
+    return start, tl.minimum(start + chunk, size)
 
 
 @triton.jit

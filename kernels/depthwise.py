@@ -14,7 +14,7 @@ from .common import epilogue_store, split_pixels, tile_offsets
 @triton.jit
 def conv2d_depthwise_kernel(
     # pointers
-    x_ptr, w_ptr, bias_ptr, y_ptr,
+    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr,
     # sizes
     N, C, H, W, K, P, Q, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -25,11 +25,14 @@ def conv2d_depthwise_kernel(
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
-    CHANNEL_MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    CHANNEL_MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid: (cdiv(N*P*Q, BLOCK_M), cdiv(K, BLOCK_N))."""
-    M = N * P * Q
+    if INDEX_64:
+        M = tl.cast(N, tl.int64) * P * Q  # the pixel count itself may pass 2**31
+    else:
+        M = N * P * Q
     offs_m, mask_m = tile_offsets(tl.program_id(0), M, BLOCK_M, INDEX_64)
     offs_k, mask_k = tile_offsets(tl.program_id(1), K, BLOCK_N, INDEX_64)
     in_channel = offs_k // CHANNEL_MULT
@@ -53,5 +56,5 @@ def conv2d_depthwise_kernel(
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
 
     y_offsets = (n * stride_yn + p * stride_yh + q * stride_yw)[:, None] + offs_k[None, :] * stride_yk
-    epilogue_store(acc, y_ptr, y_offsets, mask_m[:, None] & mask_k[None, :],
-                   bias_ptr, offs_k, mask_k, HAS_BIAS, ACTIVATION)
+    epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & mask_k[None, :],
+                   bias_ptr, offs_k, mask_k, HAS_BIAS, ACTIVATION, STORE_PREACT)

@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 CONFIG_DIR_ENV = "MCCONV_CONFIG_DIR"
-KERNELS = ("conv_direct", "gemm_1x1", "depthwise")
+KERNELS = ("conv_direct", "gemm_1x1", "depthwise",
+           # backward (mcconv._backward)
+           "conv_dgrad", "conv_wgrad", "depthwise_dgrad", "depthwise_wgrad", "bias_act_grad")
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 # tl.dot needs every tile dimension >= 16 on the GPU; smaller problems are masked instead.
 MIN_BLOCK = 16
@@ -64,11 +66,20 @@ def _check_entries(doc, required) -> dict:
     if not isinstance(entries, dict):
         raise ValueError("'entries' is not an object")
     for key, entry in entries.items():
-        _parse_key(key)
+        # select_config takes log2 of every dimension: reject malformed keys here, not there.
+        _, dims = _parse_key(key)
+        if len(dims) != 3 or min(dims) < 1:
+            raise ValueError(f"key {key!r} is not '<dtype>/M=<int>/N=<int>/R=<int>' with positive sizes")
         config = entry["config"]
         missing = [k for k in required if not isinstance(config.get(k), int) or config[k] < 1]
         if missing:
             raise ValueError(f"entry {key!r} lacks positive integers for {missing}")
+        # Either would fail at launch: unknown names are not kernel parameters, tl.arange needs 2**k.
+        unknown = sorted(set(config) - set(required))
+        if unknown:
+            raise ValueError(f"entry {key!r} has unknown parameters {unknown}")
+        if any(config[k] & (config[k] - 1) for k in required if k.startswith("BLOCK_")):
+            raise ValueError(f"entry {key!r} has a block size that is not a power of two")
     return entries
 
 

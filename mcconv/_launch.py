@@ -24,7 +24,7 @@ _MAX_PLANS = 4096
 class Dispatch:
     """What a convolution call runs: kernel, tile configuration and where that came from."""
 
-    kernel: str  # "conv_direct", "gemm_1x1" or "depthwise"
+    kernel: str  # a name in _config.KERNELS: "conv_direct", "gemm_1x1", "depthwise" (forward) or a backward one
     config: Mapping[str, int]  # block sizes, num_warps, num_stages ({} under MCCONV_AUTOTUNE=1)
     config_source: str  # "table ...", "nearest in ...", "heuristic default" or "autotune"
     output_shape: tuple
@@ -69,10 +69,23 @@ def _out_strides(shape, channels_last: bool) -> tuple:
     return (c * h * w, h * w, w, 1)
 
 
+# Tile-table name -> @triton.jit function in mcconv._kernels (several names may share a kernel).
+_KERNEL_FUNCTIONS = {
+    "conv_direct": "conv2d_igemm_kernel",
+    "gemm_1x1": "conv2d_igemm_kernel",
+    "depthwise": "conv2d_depthwise_kernel",
+    "conv_dgrad": "conv2d_igemm_kernel",  # TRANSPOSED=True
+    "conv_wgrad": "conv2d_wgrad_kernel",
+    "depthwise_dgrad": "depthwise_dgrad_kernel",
+    "depthwise_wgrad": "depthwise_wgrad_kernel",
+    "bias_act_grad": "bias_act_grad_kernel",
+}
+
+
 def _jit_kernel(kernel_name: str):
     from mcconv import _kernels  # imported on first use so that `mcconv demo` can set TRITON_INTERPRET first
 
-    return _kernels.conv2d_depthwise_kernel if kernel_name == "depthwise" else _kernels.conv2d_igemm_kernel
+    return getattr(_kernels, _KERNEL_FUNCTIONS[kernel_name])
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,6 +107,22 @@ def _choose_kernel(g: ConvGeometry) -> str:
     return "conv_direct"
 
 
+def tile_problem(kernel_name: str, g: ConvGeometry) -> tuple[tuple, dict]:
+    """A kernel's tile-table features (M, N, R) and the extents that cap its block sizes."""
+    m = g.n * g.p * g.q
+    if kernel_name == "depthwise":
+        return (m, g.k, g.kh * g.kw), {"BLOCK_M": m, "BLOCK_N": g.k}
+    reduction = g.c_per_group * (1 if kernel_name == "gemm_1x1" else g.kh * g.kw)
+    return (m, g.k_per_group, reduction), {"BLOCK_M": m, "BLOCK_N": g.k_per_group, "BLOCK_K": g.c_per_group}
+
+
+def _grid(kernel_name: str, g: ConvGeometry, config: Mapping[str, int]) -> tuple:
+    m = g.n * g.p * g.q
+    if kernel_name == "depthwise":
+        return (triton.cdiv(m, config["BLOCK_M"]), triton.cdiv(g.k, config["BLOCK_N"]))
+    return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(g.k_per_group, config["BLOCK_N"]), g.groups)
+
+
 def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_last, has_bias,
                 stride, padding, dilation, groups, activation, tf32, device_name) -> _Plan:
     g = conv_geometry(tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
@@ -106,19 +135,12 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
     y4_strides = (0, *out_strides) if unbatched else out_strides
 
     kernel_name = _choose_kernel(g)
-    m = g.n * g.p * g.q
-    if kernel_name == "depthwise":
-        features = (m, g.k, g.kh * g.kw)
-        limits = {"BLOCK_M": m, "BLOCK_N": g.k}
-    else:
-        reduction = g.c_per_group * (1 if kernel_name == "gemm_1x1" else g.kh * g.kw)
-        features = (m, g.k_per_group, reduction)
-        limits = {"BLOCK_M": m, "BLOCK_N": g.k_per_group, "BLOCK_K": g.c_per_group}
+    features, limits = tile_problem(kernel_name, g)
     dtype_key = "tf32" if tf32 else str(dtype).removeprefix("torch.")
     index_64 = max(_span(x_shape, x_strides), _span(w_shape, w_strides), _span(out_shape, out_strides)) >= _INT32_LIMIT
     buckets = tuple(_config.bucket(f) for f in features)
 
-    meta = {"HAS_BIAS": has_bias, "ACTIVATION": activation or "none", "INDEX_64": index_64}
+    meta = {"HAS_BIAS": has_bias, "ACTIVATION": activation or "none", "STORE_PREACT": False, "INDEX_64": index_64}
     dot_precision = None
     if kernel_name == "depthwise":
         meta["CHANNEL_MULT"] = g.k // g.c
@@ -127,6 +149,7 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
     else:
         dot_precision = "ieee" if dtype == torch.float32 and not tf32 else "tf32"
         meta["IS_1X1"] = kernel_name == "gemm_1x1"
+        meta["TRANSPOSED"] = False
         meta["DOT_PRECISION"] = dot_precision
         # The interpreter's bf16 tl.dot is silently wrong: compute bf16 products in fp32 there.
         meta["DOT_IN_FP32"] = dtype == torch.bfloat16 and _backend.interpreted()
@@ -142,18 +165,11 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
         autotune = False
     if autotune:
         kernel, config, source = _autotuned_kernel(kernel_name), {}, "autotune"
-        if kernel_name == "depthwise":
-            grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]), triton.cdiv(g.k, META["BLOCK_N"]))  # noqa: E731
-        else:
-            grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]) * triton.cdiv(g.k_per_group, META["BLOCK_N"]),  # noqa: E731
-                                 g.groups)
+        grid = functools.partial(_grid, kernel_name, g)
     else:
         config, source = _config.select_config(kernel_name, device_name, dtype_key, *features, limits)
         kernel = _jit_kernel(kernel_name)
-        if kernel_name == "depthwise":
-            grid = (triton.cdiv(m, config["BLOCK_M"]), triton.cdiv(g.k, config["BLOCK_N"]))
-        else:
-            grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(g.k_per_group, config["BLOCK_N"]), g.groups)
+        grid = _grid(kernel_name, g, config)
         meta.update(config)
 
     dispatch = Dispatch(kernel=kernel_name, config=types.MappingProxyType(dict(config)), config_source=source,
@@ -216,14 +232,48 @@ def check_runnable(device: torch.device) -> None:
     raise TypeError(f"input: expected a CUDA tensor (or a CPU tensor under TRITON_INTERPRET=1), got device {device}")
 
 
-def conv2d_forward(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
-    """Launch the forward convolution (no autograd): ``act(conv2d(input, weight) + bias)``."""
+def conv2d_forward(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+                   return_preact=False):
+    """Launch the forward convolution (no autograd): ``act(conv2d(input, weight) + bias)``.
+
+    With ``return_preact=True`` returns ``(y, z)``, z = conv2d(input, weight) + bias before the
+    activation, stored by the same kernel's epilogue (silu's and gelu's backward need it). Without
+    an activation z *is* y (the same tensor).
+    """
     plan = get_plan(input, weight, bias, stride, padding, dilation, groups, activation)
     if input.device.type != "cuda":
         check_runnable(input.device)
     y = torch.empty_strided(plan.out_shape, plan.out_strides, dtype=input.dtype, device=input.device)
+    store_z = return_preact and activation is not None
+    z = torch.empty_strided(plan.out_shape, plan.out_strides, dtype=input.dtype, device=input.device) if store_z else y
     if plan.launch:
-        plan.kernel[plan.grid](input, weight, weight if bias is None else bias, y, *plan.scalars, **plan.meta)
+        # The kernels index the bias with unit stride; a strided view (e.g. b[::2]) needs a copy.
+        bias = weight if bias is None else bias.contiguous()
+        meta = {**plan.meta, "STORE_PREACT": True} if store_z else plan.meta
+        plan.kernel[plan.grid](input, weight, bias, y, z, *plan.scalars, **meta)
+    return (y, z) if return_preact else y
+
+
+def launch_with_config(config: Mapping[str, int], input, weight, bias=None, stride=1, padding=0, dilation=1,
+                       groups=1, activation=None, *, warmup: bool = False):
+    """The forward convolution with a forced tile configuration, bypassing the tile table.
+
+    For ``mcconv tune``: ``config`` holds the dispatched kernel's block sizes, ``num_warps`` and
+    ``num_stages`` (see ``autotune_configs/<kernel>/candidates.json``). With ``warmup=True`` the
+    kernel is only compiled (Triton's ``JITFunction.warmup``) and the unwritten output returned.
+    """
+    plan = get_plan(input, weight, bias, stride, padding, dilation, groups, activation)
+    check_runnable(input.device)
+    y = torch.empty_strided(plan.out_shape, plan.out_strides, dtype=input.dtype, device=input.device)
+    if plan.launch:
+        kernel = _jit_kernel(plan.dispatch.kernel)  # never the autotuner: the config is forced
+        grid = _grid(plan.dispatch.kernel, plan.geometry, config)
+        args = (input, weight, weight if bias is None else bias.contiguous(), y, y, *plan.scalars)
+        meta = {**plan.meta, **config}
+        if warmup:
+            kernel.warmup(*args, grid=grid, **meta)
+        else:
+            kernel[grid](*args, **meta)
     return y
 
 
