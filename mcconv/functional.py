@@ -1,5 +1,5 @@
 """The public convolution function."""
-from ._launch import conv2d_forward
+from . import _op
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
@@ -20,5 +20,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
     Returns:
         ``act(conv2d(input, weight) + bias)`` in the input's dtype, accumulated in fp32.
+
+    Differentiable in input, weight and bias (Triton backward kernels), traceable by
+    ``torch.compile(fullgraph=True)`` and autocast-aware: after validating and normalising the
+    arguments it calls the custom op ``torch.ops.mcconv.conv2d`` (``conv2d_preact`` when silu or
+    gelu must keep z for the backward); eager inference without autograd skips the op's
+    dispatch and launches the kernel directly.
     """
-    return conv2d_forward(input, weight, bias, stride, padding, dilation, groups, activation)
+    return _op.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)

@@ -1,0 +1,364 @@
+"""mcconv's convolution as PyTorch custom operators (``torch.ops.mcconv.*``).
+
+The forward and every backward piece are opaque custom ops with fake (meta) implementations,
+so autograd, ``torch.compile(fullgraph=True)`` (forward *and* the traced backward graph) and
+``torch.library.opcheck`` all see mcconv as single nodes whose Triton kernels run at execution
+time. Gradients are computed by the Triton kernels of :mod:`mcconv._backward`.
+
+Ops (``padding`` is always the normalised ``(top, bottom, left, right)``; ``activation`` is
+``"none"``, ``"relu"``, ``"silu"`` or ``"gelu"``):
+
+* ``mcconv::conv2d(input, weight, bias?, stride, padding, dilation, groups, activation) -> y``
+* ``mcconv::conv2d_preact(...same...) -> (y, z)``: also returns the pre-activation ``z``, which
+  the silu/gelu backward needs; :func:`conv2d` uses it when a gradient will be taken.
+* ``mcconv::conv2d_input_grad``, ``mcconv::conv2d_weight_grad``, ``mcconv::conv2d_bias_grad``,
+  ``mcconv::activation_grad``, ``mcconv::activation_bias_grad``: the backward kernels (no
+  double backward).
+
+Autocast: under ``torch.autocast("cuda" | "cpu", dtype=float16 | bfloat16)`` the convolution
+ops cast their floating-point tensors to the autocast dtype, as ``aten::conv2d`` does.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backward, _launch
+from ._validate import check_activation, check_tensors, conv_geometry
+
+_NO_ACT = "none"  # the schema's spelling of activation=None
+
+
+def _act(activation: str):
+    return None if activation == _NO_ACT else activation
+
+
+def _channels_last(t: Tensor) -> bool:
+    return _launch._channels_last(t)
+
+
+def _empty_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
+    """An output tensor laid out as the forward launcher lays it out (channels_last in -> out)."""
+    kh, kw = weight.shape[2], weight.shape[3]
+    h, w = input.shape[-2], input.shape[-1]
+    p = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    q = (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if input.dim() == 3:
+        return input.new_empty((weight.shape[0], p, q))
+    fmt = torch.channels_last if _channels_last(input) else torch.contiguous_format
+    return torch.empty((input.shape[0], weight.shape[0], p, q), dtype=input.dtype, device=input.device,
+                       memory_format=fmt)
+
+
+# --------------------------------------------------------------------------- forward ops
+
+@torch.library.custom_op("mcconv::conv2d", mutates_args=())
+def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
+              dilation: list[int], groups: int, activation: str) -> Tensor:
+    """``act(conv2d(input, weight) + bias)`` with normalised arguments (see the module docstring)."""
+    return _launch.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                                  _act(activation))
+
+
+@conv2d_op.register_fake
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation):
+    return _empty_output(input, weight, stride, padding, dilation)
+
+
+@torch.library.custom_op("mcconv::conv2d_preact", mutates_args=())
+def conv2d_preact_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                     padding: list[int], dilation: list[int], groups: int,
+                     activation: str) -> tuple[Tensor, Tensor]:
+    """``(y, z)``: the activated output and the pre-activation ``z = conv2d(input, weight) + bias``."""
+    y, z = _launch.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                                  _act(activation), return_preact=True)
+    if z is y:  # no activation: y == z, but a custom op's outputs may not alias each other
+        z = y.clone()
+    return y, z
+
+
+@conv2d_preact_op.register_fake
+def _conv2d_preact_fake(input, weight, bias, stride, padding, dilation, groups, activation):
+    return (_empty_output(input, weight, stride, padding, dilation),
+            _empty_output(input, weight, stride, padding, dilation))
+
+
+# --------------------------------------------------------------------------- backward ops
+# Each returns the layout that mcconv._backward documents (channels_last dL/dinput and dL/dz
+# when grad_z / grad_y is, else contiguous); the fakes state it, and _in_layout only guards it,
+# since under torch.compile a custom op's real strides must match its fake's.
+
+def _format_of(t: Tensor):
+    return torch.channels_last if _channels_last(t) else torch.contiguous_format
+
+
+def _in_layout(t: Tensor, memory_format) -> Tensor:
+    return t if t.is_contiguous(memory_format=memory_format) else t.contiguous(memory_format=memory_format)
+
+
+def _empty_like_layout(t: Tensor) -> Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=_format_of(t))
+
+
+@torch.library.custom_op("mcconv::conv2d_input_grad", mutates_args=())
+def conv2d_input_grad_op(grad_z: Tensor, weight: Tensor, input_shape: list[int], stride: list[int],
+                         padding: list[int], dilation: list[int], groups: int) -> Tensor:
+    """dL/dinput of the convolution, given dL/dz."""
+    grad = _backward.conv2d_input_grad(grad_z, weight, tuple(input_shape), tuple(stride), tuple(padding),
+                                       tuple(dilation), groups)
+    return _in_layout(grad, _format_of(grad_z))
+
+
+@conv2d_input_grad_op.register_fake
+def _input_grad_fake(grad_z, weight, input_shape, stride, padding, dilation, groups):
+    return torch.empty(input_shape, dtype=grad_z.dtype, device=grad_z.device, memory_format=_format_of(grad_z))
+
+
+@torch.library.custom_op("mcconv::conv2d_weight_grad", mutates_args=())
+def conv2d_weight_grad_op(grad_z: Tensor, input: Tensor, weight_shape: list[int], stride: list[int],
+                          padding: list[int], dilation: list[int], groups: int) -> Tensor:
+    """dL/dweight of the convolution, given dL/dz (contiguous)."""
+    grad = _backward.conv2d_weight_grad(grad_z, input, tuple(weight_shape), tuple(stride), tuple(padding),
+                                        tuple(dilation), groups)
+    return _in_layout(grad, torch.contiguous_format)
+
+
+@conv2d_weight_grad_op.register_fake
+def _weight_grad_fake(grad_z, input, weight_shape, stride, padding, dilation, groups):
+    return grad_z.new_empty(weight_shape)
+
+
+@torch.library.custom_op("mcconv::conv2d_bias_grad", mutates_args=())
+def conv2d_bias_grad_op(grad_z: Tensor) -> Tensor:
+    """dL/dbias: ``grad_z`` summed over batch and pixels."""
+    return _backward.conv2d_bias_grad(grad_z)
+
+
+@conv2d_bias_grad_op.register_fake
+def _bias_grad_fake(grad_z):
+    return grad_z.new_empty((grad_z.shape[-3],))
+
+
+@torch.library.custom_op("mcconv::activation_grad", mutates_args=())
+def activation_grad_op(grad_y: Tensor, saved: Tensor, activation: str) -> Tensor:
+    """dL/dz from dL/dy; ``saved`` is y for relu and z for silu/gelu."""
+    if activation == _NO_ACT:  # the launcher returns grad_y itself; an op's output may not alias
+        return grad_y.clone(memory_format=_format_of(grad_y))
+    return _in_layout(_backward.activation_grad(grad_y, saved, activation), _format_of(grad_y))
+
+
+@activation_grad_op.register_fake
+def _activation_grad_fake(grad_y, saved, activation):
+    return _empty_like_layout(grad_y)
+
+
+@torch.library.custom_op("mcconv::activation_bias_grad", mutates_args=())
+def activation_bias_grad_op(grad_y: Tensor, saved: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    """``(dL/dz, dL/dbias)`` in one pass over ``grad_y`` (relu, silu or gelu)."""
+    grad_z, grad_b = _backward.activation_bias_grad(grad_y, saved, activation)
+    if grad_z is grad_y:  # activation "none": dL/dz is grad_y itself
+        grad_z = grad_y.clone(memory_format=_format_of(grad_y))
+    return _in_layout(grad_z, _format_of(grad_y)), grad_b
+
+
+@activation_bias_grad_op.register_fake
+def _activation_bias_grad_fake(grad_y, saved, activation):
+    return _empty_like_layout(grad_y), grad_y.new_empty((grad_y.shape[-3],))
+
+
+# --------------------------------------------------------------------------- autograd
+# No double backward: the backward ops have no autograd formulas of their own.
+
+def _setup(ctx, inputs, saved_act, keep_operands=False):
+    input, weight, bias, stride, padding, dilation, groups, activation = inputs
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.activation = activation
+    ctx.shapes = (list(input.shape), list(weight.shape))
+    # dL/dinput needs the weight, dL/dweight the input: keep only what will be used (a frozen
+    # layer's input is not held on to).
+    needs = ctx.needs_input_grad
+    ctx.save_for_backward(input if needs[1] or keep_operands else None,
+                          weight if needs[0] or keep_operands else None, saved_act)
+
+
+def _activation_backward(ctx, grad_y, saved):
+    """``(dL/dz, dL/dbias or None)``; the bias sum is fused into the activation's pass."""
+    activation, need_bias = ctx.activation, ctx.needs_input_grad[2]
+    if activation == _NO_ACT:
+        return grad_y, conv2d_bias_grad_op(grad_y) if need_bias else None
+    if need_bias:
+        return activation_bias_grad_op(grad_y, saved, activation)
+    return activation_grad_op(grad_y, saved, activation), None
+
+
+def _conv_grads(ctx, grad_z, grad_bias):
+    """The op's input gradients, given dL/dz: only those autograd asks for."""
+    input, weight = ctx.saved_tensors[:2]
+    input_shape, weight_shape = ctx.shapes
+    stride, padding, dilation, groups = ctx.conv_args
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_input = conv2d_input_grad_op(grad_z, weight, input_shape, stride, padding, dilation, groups)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv2d_weight_grad_op(grad_z, input, weight_shape, stride, padding, dilation, groups)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _setup_conv2d(ctx, inputs, output):
+    activation = inputs[7]
+    # relu's derivative is read off y. silu/gelu through this op (conv2d() uses conv2d_preact
+    # instead; this serves direct calls of torch.ops.mcconv.conv2d) recompute z in the backward,
+    # hence the bias is saved.
+    ctx.recompute_z = _backward.needs_preact(activation)
+    _setup(ctx, inputs, output if activation == "relu" else inputs[2] if ctx.recompute_z else None,
+           keep_operands=ctx.recompute_z)
+
+
+def _backward_conv2d(ctx, grad_y):
+    saved = ctx.saved_tensors[2]
+    if ctx.recompute_z:
+        input, weight, bias = ctx.saved_tensors
+        saved = conv2d_op(input, weight, bias, *ctx.conv_args, _NO_ACT)
+    return _conv_grads(ctx, *_activation_backward(ctx, grad_y, saved))
+
+
+def _setup_conv2d_preact(ctx, inputs, output):
+    # z is usually discarded by the caller: take None for its gradient rather than a zero tensor.
+    ctx.set_materialize_grads(False)
+    activation = inputs[7]
+    y, z = output
+    _setup(ctx, inputs, y if activation == "relu" else z if activation != _NO_ACT else None)
+
+
+def _backward_conv2d_preact(ctx, grad_y, grad_z_out):
+    if grad_z_out is None:
+        if grad_y is None:
+            return (None,) * 8
+        return _conv_grads(ctx, *_activation_backward(ctx, grad_y, ctx.saved_tensors[2]))
+    # z was used too: its gradient adds to the activation's, and the bias sums the total.
+    grad_z = grad_z_out
+    if grad_y is not None:
+        if ctx.activation != _NO_ACT:
+            grad_y = activation_grad_op(grad_y, ctx.saved_tensors[2], ctx.activation)
+        grad_z = grad_z + grad_y
+    return _conv_grads(ctx, grad_z, conv2d_bias_grad_op(grad_z) if ctx.needs_input_grad[2] else None)
+
+
+conv2d_op.register_autograd(_backward_conv2d, setup_context=_setup_conv2d)
+conv2d_preact_op.register_autograd(_backward_conv2d_preact, setup_context=_setup_conv2d_preact)
+
+
+# --------------------------------------------------------------------------- autocast
+
+def _autocast_cast(t, device_type: str, dtype: torch.dtype):
+    """aten's rule for lower-precision ops: floating tensors of that device, except float64."""
+    if t is not None and t.is_floating_point() and t.device.type == device_type and t.dtype != torch.float64:
+        return t.to(dtype)
+    return t
+
+
+def _register_autocast(op, name: str, device_type: str, lib) -> None:
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(_keyset, input, weight, bias, *rest):
+        # Unlike torch.library.register_autocast (one fixed dtype), follow the context's dtype.
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return op(_autocast_cast(input, device_type, dtype), _autocast_cast(weight, device_type, dtype),
+                      _autocast_cast(bias, device_type, dtype), *rest)
+
+    lib.impl(name, kernel, key, with_keyset=True)
+
+
+_lib = torch.library.Library("mcconv", "FRAGMENT")  # kept alive: owns the autocast registrations
+for _name, _opdef in (("conv2d", conv2d_op), ("conv2d_preact", conv2d_preact_op)):
+    for _device_type in ("cuda", "cpu"):
+        _register_autocast(_opdef, _name, _device_type, _lib)
+
+
+# --------------------------------------------------------------------------- Python entry point
+
+_normalised: dict = {}
+_MAX_NORMALISED = 4096
+
+
+def _normalise(input, weight, bias, stride, padding, dilation, groups, activation):
+    """Validate (raising the launcher's ValueError/TypeError) and give the op's arguments."""
+    check_tensors(input, weight, bias)
+    check_activation(activation)
+    g = conv_geometry(tuple(input.shape), tuple(weight.shape), stride, padding, dilation, groups)
+    # tuples (the ops' int[] arguments take them); whether the backward will need z
+    return g.stride, g.padding, g.dilation, activation or _NO_ACT, _backward.needs_preact(activation)
+
+
+def _autocast_dtype(device_type: str):
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):  # a device type without autocast (e.g. meta)
+        pass
+    return None
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(input, weight, bias) -> bool:
+    """Plain tensors, real devices, no dispatch/function mode, functorch transform or JIT trace
+    active: calling the launcher is then exactly what the op would do. Anything else (FakeTensor,
+    meta, subclasses, vmap, make_fx, FlopCounterMode, ...) goes through the op and its fake."""
+    return (type(input) in _PLAIN and type(weight) in _PLAIN and (bias is None or type(bias) in _PLAIN)
+            and input.device.type != "meta" and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active()
+            and torch._C._get_tracing_state() is None)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    """:func:`mcconv.conv2d`: validate and normalise the arguments, then run the convolution.
+
+    With a gradient to take: ``mcconv::conv2d``, or ``mcconv::conv2d_preact`` for silu/gelu (z
+    saved for the backward). Without (inference, plain tensors, eager): the launcher directly.
+    Under ``torch.compile`` always an op. Under autocast the tensors are cast first, as
+    ``aten::conv2d`` casts them, so that the dtype checks see what the kernel will run in.
+    """
+    if isinstance(input, Tensor) and isinstance(weight, Tensor):
+        cast_to = _autocast_dtype(input.device.type)
+        if cast_to is not None:  # validate the dtypes the op will run in, as aten::conv2d would
+            device_type = input.device.type
+            input = _autocast_cast(input, device_type, cast_to)
+            weight = _autocast_cast(weight, device_type, cast_to)
+            bias = _autocast_cast(bias, device_type, cast_to) if isinstance(bias, Tensor) else bias
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation)
+    else:
+        # Eager: everything checked depends only on this key, so validate once per kind of call.
+        try:
+            key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
+                   None if bias is None else (bias.shape, bias.dtype, bias.device),
+                   stride, padding, dilation, groups, activation)
+            args = _normalised.get(key)
+        except (AttributeError, TypeError):  # not tensors, or unhashable options: validate, do not cache
+            key = args = None
+        if args is None:
+            args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation)
+            if key is not None:
+                if len(_normalised) >= _MAX_NORMALISED:
+                    _normalised.clear()
+                _normalised[key] = args
+    stride, padding, dilation, act, preact = args
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if not (compiling or needs_grad) and _plain_eager(input, weight, bias):
+        # Inference on plain tensors: the op's Python dispatch would add ~50 us to each call.
+        y = _launch.conv2d_forward(input, weight, bias, stride, padding, dilation, groups, _act(act))
+    elif needs_grad and preact:
+        y = conv2d_preact_op(input, weight, bias, stride, padding, dilation, groups, act)[0]
+    else:
+        y = conv2d_op(input, weight, bias, stride, padding, dilation, groups, act)
+    return y.squeeze(0) if unbatched else y
