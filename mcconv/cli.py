@@ -61,7 +61,16 @@ def demo(args) -> int:
     return 0 if ok else 1
 
 
-VERBS = {"demo": (demo, "run the seed's examples through the kernels, beside torch")}
+from .bench import bench_command  # noqa: E402 - after demo, which needs nothing of theirs
+from .planner import plan_command  # noqa: E402
+from .tune import tune_command  # noqa: E402
+
+VERBS = {
+    "demo": (demo, "run the seed's examples through the kernels, beside torch"),
+    "plan": (plan_command, "FLOPs, bytes, roofline bound and dispatch of one convolution (no GPU needed)"),
+    "bench": (bench_command, "time mcconv against torch on a suite of layers (CUDA; --dry-run without)"),
+    "tune": (tune_command, "sweep tile configurations and write this GPU's tile tables (CUDA)"),
+}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,239 @@
+"""``mcconv plan``: the cost model of one convolution and what mcconv would run for it.
+
+FLOPs count multiplications and additions separately (2*N*K*P*Q*(C/groups)*KH*KW); bytes
+count each tensor once (input, weight, output, bias): the least traffic any kernel needs, so
+the roofline built from them is an upper bound on attainable throughput. Needs no GPU: the
+dispatch is computed on ``meta`` tensors for a named GPU model's tile table.
+"""
+import json
+from dataclasses import dataclass
+
+import torch
+
+from . import gpus
+from ._launch import Dispatch, explain
+from ._validate import ACTIVATIONS
+from .suites import Conv
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+LAYOUTS = ("channels_last", "contiguous")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Cost model and dispatch of one convolution on one GPU model."""
+
+    layer: Conv
+    dtype: str
+    layout: str
+    output_shape: tuple
+    flops: int
+    bytes_by_tensor: dict  # name -> bytes
+    device_name: str  # the tile table consulted
+    gpu: gpus.GpuSpec | None
+    dispatch: Dispatch
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.bytes_by_tensor.values())
+
+    @property
+    def intensity(self) -> float:
+        """FLOP per byte moved."""
+        return self.flops / self.bytes
+
+    @property
+    def tensor_cores(self) -> bool:
+        """tl.dot kernels use tensor cores, except fp32 with IEEE dots; depthwise never does."""
+        return self.dispatch.kernel != "depthwise" and not (
+            self.dtype == "float32" and self.dispatch.dot_precision == "ieee")
+
+    @property
+    def peak_key(self) -> str:
+        """Which peak applies: "tf32" for fp32 on tensor cores, else the dtype."""
+        return "tf32" if self.dtype == "float32" and self.tensor_cores else self.dtype
+
+    @property
+    def peak_tflops(self) -> float | None:
+        return None if self.gpu is None else self.gpu.peak_tflops(self.peak_key, self.tensor_cores)
+
+    @property
+    def ridge(self) -> float | None:
+        """Intensity (FLOP/byte) at which peak compute and peak bandwidth meet."""
+        return None if self.gpu is None else self.gpu.ridge(self.peak_key, self.tensor_cores)
+
+    @property
+    def bound(self) -> str | None:
+        """"memory" or "compute": which roof limits this layer on the GPU model."""
+        if self.gpu is None:
+            return None
+        return "memory" if self.intensity < self.ridge else "compute"
+
+    @property
+    def roofline_tflops(self) -> float | None:
+        """min(peak, intensity * bandwidth): the most this layer can reach, in TFLOP/s."""
+        if self.gpu is None:
+            return None
+        return min(self.peak_tflops, self.intensity * self.gpu.bandwidth_tbs)
+
+    def as_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {
+            "name": self.layer.name, "shape": self.layer.describe(), "dtype": self.dtype, "layout": self.layout,
+            "output_shape": list(self.output_shape), "flops": self.flops, "bytes": self.bytes,
+            "bytes_by_tensor": dict(self.bytes_by_tensor), "intensity": self.intensity,
+            "gpu": None if self.gpu is None else self.gpu.title, "peak_tflops": self.peak_tflops,
+            "peak_kind": None if self.gpu is None else (f"{self.peak_key} tensor" if self.tensor_cores
+                                                        else "fp32 non-tensor"),
+            "bandwidth_tbs": None if self.gpu is None else self.gpu.bandwidth_tbs,
+            "ridge": self.ridge, "bound": self.bound, "roofline_tflops": self.roofline_tflops,
+            "kernel": self.dispatch.kernel, "config": dict(self.dispatch.config),
+            "config_source": self.dispatch.config_source, "device_name": self.device_name,
+        }
+
+
+def meta_tensors(layer: Conv, dtype: str, layout: str, bias: bool = False, device="meta"):
+    """Input, weight and optional bias for a layer (uninitialised; ``meta`` has shapes only)."""
+    dt = DTYPES[dtype]
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.empty(layer.input_shape, dtype=dt, device=device).to(memory_format=memory_format)
+    w = torch.empty(layer.weight_shape, dtype=dt, device=device).to(memory_format=memory_format)
+    b = torch.empty(layer.k, dtype=dt, device=device) if bias else None
+    return x, w, b
+
+
+def analyze(layer: Conv, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None,
+            *, bias: bool = False, activation: str | None = None) -> Analysis:
+    """Cost model and dispatch of ``layer`` for the GPU named ``gpu`` (key or device name).
+
+    Without ``gpu``: the current CUDA device, else the H100 SXM. Raises ValueError for an
+    unknown dtype, layout or GPU name, and mcconv's own errors for an invalid convolution.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    device_name, spec = gpus.resolve_gpu(gpu)
+    x, w, b = meta_tensors(layer, dtype, layout, bias)
+    dispatch = explain(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups,
+                       activation=activation, device_name=device_name)
+    size = x.element_size()
+    out = dispatch.output_shape
+    nbytes = {"input": x.numel() * size, "weight": w.numel() * size, "output": _numel(out) * size}
+    if bias:
+        nbytes["bias"] = layer.k * size
+    return Analysis(layer, dtype, layout, tuple(out), layer.flops, nbytes, device_name, spec, dispatch)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def human(value: float, unit: str) -> str:
+    """1234567 -> '1.235 M<unit>' (decimal prefixes)."""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g} {prefix}{unit}"
+    return f"{value:.4g} {unit}"
+
+
+def format_analysis(a: Analysis, gpu_note: str = "") -> str:
+    """The human-readable report that ``mcconv plan`` prints."""
+    layer = a.layer
+    lines = [f"conv2d    input {layer.input_shape} {a.dtype} {a.layout}, weight {layer.weight_shape}, "
+             f"stride {layer.stride}, padding {layer.padding}, dilation {layer.dilation}, groups {layer.groups}",
+             f"output    {a.output_shape}",
+             f"FLOPs     {human(a.flops, 'FLOP')} ({a.flops:,} = 2*N*K*P*Q*(C/groups)*KH*KW)",
+             "bytes     " + human(a.bytes, "B") + " (" + " + ".join(
+                 f"{k} {human(v, 'B')}" for k, v in a.bytes_by_tensor.items()) + ", each moved once)",
+             f"intensity {a.intensity:.1f} FLOP/byte"]
+    if a.gpu is None:
+        lines.append(f"GPU       {a.device_name}: no peak figures in mcconv.gpus, so no roofline")
+    else:
+        kind = f"{a.peak_key} tensor-core" if a.tensor_cores else "fp32 CUDA-core (no tensor cores)"
+        lines += [f"GPU       {a.gpu.title}{gpu_note}: {a.peak_tflops:g} TFLOP/s {kind} peak, "
+                  f"{a.gpu.bandwidth_tbs:g} TB/s (datasheet {a.gpu.source}, dense)",
+                  f"ridge     {a.ridge:.1f} FLOP/byte",
+                  f"bound     {a.bound}-bound (intensity {a.intensity:.1f} "
+                  f"{'<' if a.bound == 'memory' else '>='} ridge {a.ridge:.1f}); roofline ceiling "
+                  f"{a.roofline_tflops:.4g} TFLOP/s"]
+    lines.append(f"kernel    {a.dispatch}")
+    return "\n".join(lines)
+
+
+def _ints(text: str, name: str, count: int | None = None) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+    if count is not None and len(values) != count:
+        raise ValueError(f"{name}: expected {count} integers, got {text!r}")
+    return values
+
+
+def _pair(text: str, name: str) -> tuple:
+    values = _ints(text, name)
+    if len(values) == 1:
+        return values * 2
+    if len(values) != 2:
+        raise ValueError(f"{name}: expected an int or a pair 'h,w', got {text!r}")
+    return values
+
+
+def layer_from_args(args) -> Conv:
+    """The :class:`Conv` that ``mcconv plan``'s options describe."""
+    n, c, h, w = _ints(args.input, "--input", 4)
+    k, cg, kh, kw = _ints(args.weight, "--weight", 4)
+    dilation = _pair(args.dilation, "--dilation")
+    if args.padding in ("same", "valid"):
+        if args.padding == "same" and (kh % 2 == 0 or kw % 2 == 0):
+            raise ValueError("--padding same: give explicit padding for an even-sized kernel")
+        padding = (0, 0) if args.padding == "valid" else (dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2)
+    else:
+        padding = _pair(args.padding, "--padding")
+    if cg * args.groups != c:
+        raise ValueError(f"--weight: expected shape[1] == C / groups = {c} / {args.groups}, got {cg}")
+    return Conv("plan", n, c, h, w, k, kh, kw, _pair(args.stride, "--stride"), padding, dilation, args.groups)
+
+
+def plan_command(args) -> int:
+    """Cost model (FLOPs, bytes, intensity, roofline bound) and dispatch of one convolution.
+
+    Works without a GPU: the peaks then come from --gpu's datasheet figures (default H100 SXM).
+    """
+    try:
+        layer = layer_from_args(args)
+        a = analyze(layer, args.dtype, args.layout, args.gpu, bias=args.bias, activation=args.activation)
+    except (ValueError, TypeError) as err:
+        print(f"mcconv plan: {err}")
+        return 2
+    if args.json:
+        print(json.dumps(a.as_dict(), indent=1))
+        return 0
+    note = ""
+    if not args.gpu:
+        note = " (this machine's GPU)" if torch.cuda.is_available() else " (no GPU here: default; see --gpu)"
+    print(format_analysis(a, note))
+    return 0
+
+
+def _configure(p) -> None:
+    p.add_argument("--input", required=True, help="input shape N,C,H,W (e.g. 32,64,56,56)")
+    p.add_argument("--weight", required=True, help="weight shape K,C/groups,KH,KW (e.g. 64,64,3,3)")
+    p.add_argument("--stride", default="1", help="int or 'h,w' (default 1)")
+    p.add_argument("--padding", default="0", help="int, 'h,w', 'same' or 'valid' (default 0)")
+    p.add_argument("--dilation", default="1", help="int or 'h,w' (default 1)")
+    p.add_argument("--groups", type=int, default=1)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    p.add_argument("--layout", choices=LAYOUTS, default="channels_last")
+    p.add_argument("--bias", action="store_true", help="count a bias (K elements)")
+    p.add_argument("--activation", choices=[a for a in ACTIVATIONS if a], help="fused activation")
+    p.add_argument("--gpu", help="GPU model for peaks and tile table: " + ", ".join(sorted(gpus.GPUS))
+                   + " or a torch device name (default: this machine's GPU, else h100-sxm)")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON")
+
+
+plan_command.configure = _configure

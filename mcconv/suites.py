@@ -1,0 +1,188 @@
+"""Benchmark suites as data: the convolutions that ``mcconv bench`` times and ``mcconv tune`` tunes.
+
+Each suite is a list of :class:`Conv` layers (NCHW sizes, square kernels unless noted);
+``count`` is how many times the layer occurs in the network, for weighting totals.
+"""
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Conv:
+    """One convolution problem: sizes, stride, symmetric padding, dilation and groups."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    kh: int
+    kw: int
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    count: int = 1
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.k, self.c // self.groups, self.kh, self.kw)
+
+    @property
+    def output_hw(self) -> tuple:
+        p = (self.h + 2 * self.padding[0] - self.dilation[0] * (self.kh - 1) - 1) // self.stride[0] + 1
+        q = (self.w + 2 * self.padding[1] - self.dilation[1] * (self.kw - 1) - 1) // self.stride[1] + 1
+        return p, q
+
+    @property
+    def output_shape(self) -> tuple:
+        return (self.n, self.k, *self.output_hw)
+
+    @property
+    def flops(self) -> int:
+        """2*N*K*P*Q*(C/groups)*KH*KW: multiplications and additions counted separately."""
+        p, q = self.output_hw
+        return 2 * self.n * self.k * p * q * (self.c // self.groups) * self.kh * self.kw
+
+    def describe(self) -> str:
+        """Compact shape text, e.g. ``32x64x56x56 * 64x64x3x3 s1 p1``."""
+        text = "x".join(map(str, self.input_shape)) + " * " + "x".join(map(str, self.weight_shape))
+        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
+        if self.dilation != (1, 1):
+            text += f" d{_fmt(self.dilation)}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+    def with_batch(self, n: int) -> "Conv":
+        return replace(self, n=n)
+
+
+def _fmt(pair) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]},{pair[1]}"
+
+
+def conv(name, n, c, h, k, r, stride=1, padding=None, groups=1, count=1, w=None) -> Conv:
+    """A square-image, square-kernel layer; padding defaults to r // 2 ("same" for odd r)."""
+    padding = r // 2 if padding is None else padding
+    return Conv(name, n, c, h, h if w is None else w, k, r, r, (stride, stride), (padding, padding),
+                groups=groups, count=count)
+
+
+def resnet50(batch: int = 32) -> list[Conv]:
+    """The 23 unique convolutions of torchvision's ResNet-50 (v1.5: stride on the 3x3) at 224x224.
+
+    Bottleneck widths 64/128/256/512, expansion 4, blocks 3/4/6/3; ``count`` sums to its 53 convs.
+    """
+    n = batch
+    layers = [conv("conv1", n, 3, 224, 64, 7, stride=2, padding=3)]
+    in_ch, hw = 64, 56  # after the stem's max-pool
+    for stage, (width, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], 2):
+        out_ch, s = width * 4, f"l{stage - 1}"
+        out_hw = hw // stride
+        layers.append(conv(f"{s}.0.conv1", n, in_ch, hw, width, 1))
+        layers.append(conv(f"{s}.0.conv2", n, width, hw, width, 3, stride=stride,
+                           count=1 if stride > 1 else blocks))
+        # conv3 (width -> 4*width) recurs in every block; in stage 1 the downsample has its shape too.
+        layers.append(conv(f"{s}.0.conv3", n, width, out_hw, out_ch, 1, count=blocks + (stride == 1)))
+        if stride > 1:
+            layers.append(conv(f"{s}.0.downsample", n, in_ch, hw, out_ch, 1, stride=stride, padding=0))
+        layers.append(conv(f"{s}.1.conv1", n, out_ch, out_hw, width, 1, count=blocks - 1))
+        if stride > 1:
+            layers.append(conv(f"{s}.1.conv2", n, width, out_hw, width, 3, count=blocks - 1))
+        in_ch, hw = out_ch, out_hw
+    return layers
+
+
+# torchvision MobileNetV2 (width 1.0, 224x224): depthwise 3x3 (channels, input size, stride, count)
+_MBV2_DEPTHWISE = [(32, 112, 1, 1), (96, 112, 2, 1), (144, 56, 1, 1), (144, 56, 2, 1), (192, 28, 1, 2),
+                   (192, 28, 2, 1), (384, 14, 1, 4), (576, 14, 1, 2), (576, 14, 2, 1), (960, 7, 1, 3)]
+# and its pointwise 1x1 convolutions (in, out, size, count): expand, project and the final 1x1
+_MBV2_POINTWISE = [(32, 16, 112, 1), (16, 96, 112, 1), (96, 24, 56, 1), (24, 144, 56, 2), (144, 24, 56, 1),
+                   (144, 32, 28, 1), (32, 192, 28, 3), (192, 32, 28, 2), (192, 64, 14, 1), (64, 384, 14, 4),
+                   (384, 64, 14, 3), (384, 96, 14, 1), (96, 576, 14, 3), (576, 96, 14, 2), (576, 160, 7, 1),
+                   (160, 960, 7, 3), (960, 160, 7, 2), (960, 320, 7, 1), (320, 1280, 7, 1)]
+
+
+def mobilenetv2(batch: int = 32) -> list[Conv]:
+    """MobileNetV2's 10 unique depthwise 3x3 layers and 19 unique pointwise 1x1 layers (stem excluded)."""
+    layers = [conv(f"dw{c}_{h}_s{s}", batch, c, h, c, 3, stride=s, groups=c, count=cnt)
+              for c, h, s, cnt in _MBV2_DEPTHWISE]
+    layers += [conv(f"pw{c}_{k}_{h}", batch, c, h, k, 1, count=cnt) for c, k, h, cnt in _MBV2_POINTWISE]
+    return layers
+
+
+# A representative SUBSET of DeepBench's convolution problems (baidu-research/DeepBench,
+# code/kernels/conv_problems.h), in its order: W, H, C, N, K, S (filter width), R (filter
+# height), pad_w, pad_h, stride_w, stride_h.
+_DEEPBENCH_TRAINING = [
+    (700, 161, 1, 16, 32, 20, 5, 0, 0, 2, 2), (341, 79, 32, 16, 32, 10, 5, 0, 0, 2, 2),
+    (480, 48, 1, 16, 16, 3, 3, 1, 1, 1, 1), (240, 24, 16, 16, 32, 3, 3, 1, 1, 1, 1),
+    (108, 108, 3, 8, 64, 3, 3, 1, 1, 2, 2), (54, 54, 64, 8, 64, 3, 3, 1, 1, 1, 1),
+    (224, 224, 3, 16, 64, 3, 3, 1, 1, 1, 1), (112, 112, 64, 16, 128, 3, 3, 1, 1, 1, 1),
+    (56, 56, 128, 16, 256, 3, 3, 1, 1, 1, 1), (28, 28, 256, 16, 512, 3, 3, 1, 1, 1, 1),
+    (14, 14, 512, 16, 512, 3, 3, 1, 1, 1, 1), (224, 224, 3, 16, 64, 7, 7, 3, 3, 2, 2),
+    (28, 28, 192, 16, 32, 5, 5, 2, 2, 1, 1), (14, 14, 512, 16, 48, 5, 5, 2, 2, 1, 1),
+    (7, 7, 832, 16, 256, 1, 1, 0, 0, 1, 1), (350, 80, 64, 16, 128, 5, 5, 1, 1, 2, 2),
+    (175, 40, 128, 16, 128, 3, 3, 1, 1, 1, 1), (56, 56, 256, 16, 128, 1, 1, 0, 0, 2, 2),
+    (14, 14, 1024, 16, 256, 1, 1, 0, 0, 1, 1), (7, 7, 2048, 16, 512, 1, 1, 0, 0, 1, 1),
+]
+_DEEPBENCH_INFERENCE = [
+    (700, 161, 1, 1, 32, 20, 5, 0, 0, 2, 2), (341, 79, 32, 4, 32, 10, 5, 0, 0, 2, 2),
+    (112, 112, 64, 1, 128, 3, 3, 1, 1, 1, 1), (14, 14, 512, 1, 512, 3, 3, 1, 1, 1, 1),
+    (28, 28, 512, 1, 128, 1, 1, 0, 0, 1, 1), (7, 7, 832, 2, 128, 5, 5, 2, 2, 1, 1),
+]
+
+
+def _deepbench_conv(prefix, i, row, batch):
+    w, h, c, n, k, s, r, pad_w, pad_h, stride_w, stride_h = row
+    return Conv(f"{prefix}{i:02d}", batch or n, c, h, w, k, r, s, (stride_h, stride_w), (pad_h, pad_w))
+
+
+def deepbench(batch: int | None = None) -> list[Conv]:
+    """A representative subset (26 shapes) of DeepBench's training and inference-server conv problems.
+
+    Each keeps DeepBench's own batch size unless ``batch`` is given.
+    """
+    return ([_deepbench_conv("train", i, row, batch) for i, row in enumerate(_DEEPBENCH_TRAINING)]
+            + [_deepbench_conv("infer", i, row, batch) for i, row in enumerate(_DEEPBENCH_INFERENCE)])
+
+
+def seed(batch: int = 1) -> list[Conv]:
+    """The seed text's example: 256x256 image, 5x5 kernel, 128 in and out channels (about 53.7 GFLOP)."""
+    return [conv("seed_5x5", batch, 128, 256, 128, 5, padding=2)]
+
+
+SUITES = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "deepbench": deepbench, "seed": seed}
+
+
+def get_suite(name: str, batch: int | None = None) -> list[Conv]:
+    """A suite's layers; ``batch`` overrides the suite's default batch size."""
+    try:
+        make = SUITES[name]
+    except KeyError:
+        raise ValueError(f"suite: expected one of {sorted(SUITES)}, got {name!r}") from None
+    return make() if batch is None else make(batch)
+
+
+def parse_shape(text: str) -> Conv:
+    """An ad-hoc layer from ``N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]]``.
+
+    Example: ``32,64,56,56:64,64,3,3:1:1``.
+    """
+    parts = text.split(":")
+    try:
+        n, c, h, w = (int(v) for v in parts[0].split(","))
+        k, cg, kh, kw = (int(v) for v in parts[1].split(","))
+        stride, padding, groups, dilation = (int(parts[i]) if len(parts) > i and parts[i] else d
+                                             for i, d in ((2, 1), (3, 0), (4, 1), (5, 1)))
+    except (ValueError, IndexError):
+        raise ValueError(f"--shape: expected N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]], "
+                         f"got {text!r}") from None
+    if cg * groups != c:
+        raise ValueError(f"--shape: weight's C/g = {cg} times groups {groups} != input channels {c}")
+    return Conv("shape", n, c, h, w, k, kh, kw, (stride, stride), (padding, padding), (dilation, dilation), groups)

@@ -1,0 +1,471 @@
+"""``mcconv tune``: sweep tile configurations per kernel and shape bucket, write the tile tables.
+
+For every layer of a suite and every dtype, the layer's kernel and table key
+(:func:`mcconv._config.shape_key`) are derived exactly as the runtime derives them; each key not
+yet in the table is tuned once: the kernel's candidates (plus its default), fitted to the
+problem as the runtime fits them, minus those that cannot fit on the GPU (shared memory,
+accumulator registers), are compiled (in parallel where Triton allows), timed with a forced
+configuration, and the fastest one whose result matches torch's is written to
+``<out_dir>/<kernel>/<device_name>.json``: merged with the entries there, atomically, after
+every key, so an interrupted or budget-bounded run resumes where it stopped.
+"""
+import datetime
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import _config, gpus
+from ._backend import conv_uses_tf32
+from ._launch import get_plan, launch_with_config, tile_problem
+from ._progress import progress
+from .bench import TOLERANCE, relative_error
+from .planner import DTYPES, LAYOUTS, meta_tensors
+from .suites import SUITES, Conv, get_suite
+
+FORWARD_KERNELS = ("conv_direct", "gemm_1x1", "depthwise")
+# Accumulator registers per thread (fp32 BLOCK_M*BLOCK_N spread over 32*num_warps threads): beyond
+# half of the 255-register limit the operands and addresses spill.
+MAX_ACCUMULATOR_REGS = 128
+_ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "tf32": 4, "float32": 4}
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """What a tile configuration may use on the target GPU."""
+
+    smem_bytes: int  # shared memory per block (opt-in maximum)
+    max_accumulator_regs: int = MAX_ACCUMULATOR_REGS
+
+
+def resource_limits(spec: gpus.GpuSpec | None = None) -> ResourceLimits:
+    """The current CUDA device's limits, else ``spec``'s, else the H100's."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        smem = getattr(props, "shared_memory_per_block_optin", None)
+        if smem:
+            return ResourceLimits(int(smem))
+    spec = spec or gpus.GPUS[gpus.DEFAULT_GPU]
+    return ResourceLimits(spec.smem_per_block)
+
+
+def estimate_shared_memory(kernel: str, config: dict, element_bytes: int) -> int:
+    """Bytes of shared memory a configuration needs, estimated from its block sizes.
+
+    tl.dot kernels buffer an A (BLOCK_M x BLOCK_K) and a B (BLOCK_K x BLOCK_N) tile per pipeline
+    stage; the depthwise kernel has no dot, at most an fp32 tile for a layout conversion.
+    """
+    bm, bn = config["BLOCK_M"], config["BLOCK_N"]
+    if "BLOCK_K" not in config:
+        return bm * bn * 4
+    bk = config["BLOCK_K"]
+    return max(1, config.get("num_stages", 1)) * (bm * bk + bk * bn) * element_bytes
+
+
+def accumulator_registers(config: dict) -> float:
+    """fp32 accumulator registers per thread: BLOCK_M*BLOCK_N / (32 * num_warps)."""
+    return config["BLOCK_M"] * config["BLOCK_N"] / (32 * config.get("num_warps", 4))
+
+
+def prune(kernel: str, configs, dtype_key: str, limits: ResourceLimits):
+    """Split configurations into (fitting, [(config, reason), ...]) before anything is compiled."""
+    element_bytes = _ELEMENT_BYTES[dtype_key]
+    kept, pruned = [], []
+    for config in configs:
+        smem = estimate_shared_memory(kernel, config, element_bytes)
+        regs = accumulator_registers(config)
+        if smem > limits.smem_bytes:
+            pruned.append((config, f"shared memory ~{smem} B > {limits.smem_bytes} B"))
+        elif regs > limits.max_accumulator_regs:
+            pruned.append((config, f"accumulator {regs:.0f} regs/thread > {limits.max_accumulator_regs}"))
+        else:
+            kept.append(config)
+    return kept, pruned
+
+
+def candidate_configs(kernel: str, extents: dict, override=None) -> list[dict]:
+    """The kernel's candidates and default, fitted to the problem as the runtime fits them, deduplicated."""
+    raw = list(override) if override is not None else [*_config.candidates(kernel),
+                                                       dict(_config.kernel_spec(kernel)["default"])]
+    seen, out = set(), []
+    for config in raw:
+        fitted = _config._fit(config, extents)
+        key = tuple(sorted(fitted.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(fitted)
+    return out
+
+
+def dtype_key(dtype: str) -> str:
+    """The tile tables' dtype: fp32 is "tf32" while torch would use TF32 for convolutions."""
+    return "tf32" if dtype == "float32" and conv_uses_tf32() else dtype
+
+
+@dataclass
+class Problem:
+    """One (kernel, table key) to tune, with closures that launch it and compute torch's result."""
+
+    kernel: str
+    key: str
+    dtype: str  # table dtype key
+    layer: Conv
+    extents: dict  # block name -> problem extent, as the runtime fits configs
+    run: Callable[[dict], torch.Tensor] | None = None  # launch with a forced config
+    reference: Callable[[], torch.Tensor] | None = None
+    warmup: Callable[[dict], object] | None = None  # compile only
+    build: Callable[[], None] | None = field(default=None, repr=False)  # allocates the tensors
+
+    def ensure_built(self) -> None:
+        if self.run is None and self.build is not None:
+            self.build()
+
+
+def forward_problem(layer: Conv, dtype: str, layout: str, device) -> Problem:
+    """The forward problem of a layer; tensors are allocated only when it is tuned."""
+    x, w, _ = meta_tensors(layer, dtype, layout)
+    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    plan = get_plan(x, w, None, *args, None)  # meta tensors: the dispatch, no tile table
+    features, extents = tile_problem(plan.dispatch.kernel, plan.geometry)
+    key = _config.shape_key(dtype_key(dtype), *features)
+    problem = Problem(plan.dispatch.kernel, key, dtype_key(dtype), layer, extents)
+
+    def build():
+        torch.manual_seed(0)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        dt = DTYPES[dtype]
+        fan_in = (layer.c // layer.groups) * layer.kh * layer.kw
+        xt = torch.randn(layer.input_shape, device=device, dtype=dt).to(memory_format=fmt)
+        wt = (torch.randn(layer.weight_shape, device=device) / fan_in ** 0.5).to(dt).to(memory_format=fmt)
+        problem.run = lambda config: launch_with_config(config, xt, wt, None, *args)
+        problem.warmup = lambda config: launch_with_config(config, xt, wt, None, *args, warmup=True)
+        problem.reference = lambda: F.conv2d(xt, wt, None, *args)
+
+    problem.build = build
+    return problem
+
+
+def _backward_problems(layer: Conv, dtype: str, layout: str, device, kernels) -> list[Problem]:
+    """Problems from ``mcconv._backward.tune_problems`` when the backward module offers that hook.
+
+    The hook takes ``(input, weight, stride, padding, dilation, groups)`` and returns dicts with
+    ``kernel`` (a name in ``_config.KERNELS``), ``features`` (M, N, R), ``limits`` (block name ->
+    extent), ``run(config) -> Tensor``, ``reference() -> Tensor`` and optionally ``warmup(config)``.
+    """
+    hook = getattr(_backward_module(), "tune_problems", None)
+    if hook is None:
+        return []
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(layer.input_shape, device=device, dtype=DTYPES[dtype]).to(memory_format=fmt)
+    w = (torch.randn(layer.weight_shape, device=device) / (layer.c * layer.kh * layer.kw) ** 0.5)
+    w = w.to(DTYPES[dtype]).to(memory_format=fmt)
+    out = []
+    for p in hook(x, w, layer.stride, layer.padding, layer.dilation, layer.groups):
+        if p["kernel"] in kernels:
+            out.append(Problem(p["kernel"], _config.shape_key(dtype_key(dtype), *p["features"]), dtype_key(dtype),
+                               layer, dict(p["limits"]), p["run"], p["reference"], p.get("warmup")))
+    return out
+
+
+def _backward_module():
+    try:
+        return importlib.import_module("mcconv._backward")
+    except ImportError:
+        return None
+
+
+def tunable_kernels() -> tuple[list[str], dict]:
+    """(kernels tune can launch with a forced config, {kernel: why not} for the others)."""
+    hook = getattr(_backward_module(), "tune_problems", None)
+    ok, skipped = [], {}
+    for name in _config.KERNELS:
+        if name in FORWARD_KERNELS or hook is not None:
+            ok.append(name)
+        else:
+            skipped[name] = "its launcher exposes no forced-config launch (mcconv._backward.tune_problems)"
+    return ok, skipped
+
+
+# ------------------------------------------------------------------------------------ tables
+
+def default_out_dir() -> Path:
+    """The repository's autotune_configs/ in a source checkout, else $MCCONV_CONFIG_DIR or ./autotune_configs."""
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / "autotune_configs" / "__init__.py").is_file():
+        return repo / "autotune_configs"
+    return Path(os.environ.get(_config.CONFIG_DIR_ENV) or "autotune_configs")
+
+
+def table_path(out_dir, kernel: str, device_name: str) -> Path:
+    return Path(out_dir) / kernel / f"{device_name}.json"
+
+
+def read_entries(path: Path) -> dict:
+    """A table's entries ({} when the file does not exist); a corrupt file is an error, not overwritten."""
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["entries"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a tile table ({err!r}); move it away to tune into this folder") from None
+
+
+def write_entries(path: Path, kernel: str, device_name: str, new_entries: dict) -> None:
+    """Merge entries into a table file: re-read, update, write a temporary file beside it, os.replace."""
+    import triton
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = read_entries(path)
+    entries.update(new_entries)
+    doc = {
+        "kernel": kernel, "device": device_name, "triton": triton.__version__, "torch": torch.__version__,
+        "updated": _now(), "dtypes": sorted({k.split("/", 1)[0] for k in entries}),
+        "entries": {k: entries[k] for k in sorted(entries)},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old table or the new one, never half of one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------ tuning
+
+def precompile(problem: Problem, configs, workers: int) -> str:
+    """Compile the candidates before timing them; best effort, says how.
+
+    Triton's ``AsyncCompileMode`` (where the installed Triton has it) compiles the
+    ``JITFunction.warmup`` calls on a thread pool; otherwise the warmups themselves run on the
+    pool (ptxas runs as a separate process, so even GIL-bound threads overlap). Failures are
+    ignored here: the timing pass compiles again and skips what does not build.
+    """
+    if workers <= 1 or problem.warmup is None or not torch.cuda.is_available():
+        return "none"
+
+    def quiet(config):
+        try:
+            problem.warmup(config)
+        except Exception:  # noqa: BLE001 - reported by the timing pass
+            pass
+
+    mode = getattr(__import__("triton"), "AsyncCompileMode", None)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        if mode is not None:
+            try:
+                context = mode(pool, ignore_errors=True)
+            except TypeError:
+                context = mode(pool)
+            try:
+                with context:
+                    for config in configs:
+                        quiet(config)
+                return f"triton.AsyncCompileMode, {workers} threads"
+            except Exception:  # noqa: BLE001 - fall back to plain threads
+                pass
+        list(pool.map(quiet, configs))
+    return f"warmup on {workers} threads"
+
+
+@dataclass
+class TuneReport:
+    """What a tune run did."""
+
+    tuned: list = field(default_factory=list)  # (kernel, key, config, ms)
+    skipped: list = field(default_factory=list)  # (kernel, key, why)
+    failed: list = field(default_factory=list)  # (kernel, key, why)
+    unavailable: dict = field(default_factory=dict)  # kernel -> why
+    remaining: list = field(default_factory=list)  # (kernel, key) left when the budget ran out
+    paths: set = field(default_factory=set)
+    compile_method: str = "none"
+
+
+def _problems(layers, dtypes, layout, device, kernels):
+    """Unique (kernel, key) problems in suite order; the first layer of a bucket represents it."""
+    seen, out = set(), []
+    backward = [k for k in kernels if k not in FORWARD_KERNELS]
+    for dtype in dtypes:
+        for layer in layers:
+            found = [forward_problem(layer, dtype, layout, device)]
+            if backward:
+                found += _backward_problems(layer, dtype, layout, device, backward)
+            for p in found:
+                if p.kernel in kernels and (p.kernel, p.key) not in seen:
+                    seen.add((p.kernel, p.key))
+                    out.append(p)
+    return out
+
+
+def tune(layers, dtypes=("float16",), *, device_name: str, out_dir, layout="channels_last", device=None,
+         timer=None, kernels=None, budget_s=None, force=False, candidates=None, limits=None,
+         compile_workers=None, show_progress=True, log=print) -> TuneReport:
+    """Tune every (kernel, shape bucket) of ``layers`` and write the winners' tables.
+
+    Args:
+        layers: :class:`mcconv.suites.Conv` problems; dtypes: "float16", "bfloat16", "float32".
+        device_name: the table's name (torch's device name, spaces as underscores).
+        out_dir: folder of ``<kernel>/<device_name>.json`` tables (merged, written atomically).
+        timer: ``timer(fn) -> ms``; default ``triton.testing.do_bench`` (needs CUDA).
+        kernels: restrict to these kernel names; budget_s: stop starting work after this long.
+        force: retune keys already in the table; candidates: {kernel: [config, ...]} override.
+        limits: :class:`ResourceLimits` for pruning (default: this GPU's, else the H100's).
+        compile_workers: threads for parallel precompilation (default: up to 8 on CUDA, else 0).
+    """
+    start = time.monotonic()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if timer is None:
+        if torch.device(device).type != "cuda":
+            raise RuntimeError("tuning times kernels and needs a CUDA device (or pass timer=)")
+        import triton.testing
+
+        timer = triton.testing.do_bench
+    limits = limits or resource_limits()
+    workers = compile_workers if compile_workers is not None else (min(8, os.cpu_count() or 1)
+                                                                   if torch.device(device).type == "cuda" else 0)
+    report = TuneReport()
+    available, report.unavailable = tunable_kernels()
+    wanted = [k for k in (kernels or available) if k in available]
+    for k in kernels or ():
+        if k not in available:
+            report.unavailable.setdefault(k, f"unknown kernel; known: {list(_config.KERNELS)}")
+
+    todo = []
+    for p in _problems(layers, dtypes, layout, device, wanted):
+        if not force and p.key in read_entries(table_path(out_dir, p.kernel, device_name)):
+            report.skipped.append((p.kernel, p.key, "already tuned"))
+            continue
+        configs = candidate_configs(p.kernel, p.extents, (candidates or {}).get(p.kernel))
+        kept, pruned = prune(p.kernel, configs, p.dtype, limits)
+        todo.append((p, kept, pruned))
+    log(f"tune: {len(todo)} keys to tune, {len(report.skipped)} already tuned; "
+        f"{sum(len(k) for _, k, _ in todo)} configurations to time, "
+        f"{sum(len(pr) for _, _, pr in todo)} pruned as too large for the GPU")
+
+    bar = progress(sum(len(k) for _, k, _ in todo), "tune", enabled=show_progress)
+    for index, (p, kept, pruned) in enumerate(todo):
+        if budget_s is not None and time.monotonic() - start > budget_s:
+            report.remaining = [(q.kernel, q.key) for q, _, _ in todo[index:]]
+            break
+        bar.set_postfix_str(f"{p.kernel} {p.key}")
+        entry, why = _tune_one(p, kept, pruned, timer, workers, report, bar, start, budget_s)
+        if entry is None:
+            if why == "budget":
+                report.remaining = [(q.kernel, q.key) for q, _, _ in todo[index:]]
+                break
+            report.failed.append((p.kernel, p.key, why))
+            log(f"tune: {p.kernel} {p.key}: no configuration kept ({why})")
+            continue
+        path = table_path(out_dir, p.kernel, device_name)
+        write_entries(path, p.kernel, device_name, {p.key: entry})
+        report.paths.add(path)
+        report.tuned.append((p.kernel, p.key, entry["config"], entry["ms"]))
+        p.run = p.warmup = p.reference = None  # free the problem's tensors
+    bar.close()
+    return report
+
+
+def _tune_one(p: Problem, kept, pruned, timer, workers, report, bar, start, budget_s):
+    """(entry, "") for the fastest correct configuration, else (None, why)."""
+    p.ensure_built()
+    if workers > 1:
+        report.compile_method = precompile(p, kept, workers)
+    timed, failures = [], []
+    for config in kept:
+        if budget_s is not None and time.monotonic() - start > budget_s:
+            return None, "budget"
+        try:
+            p.run(config)  # compiles on first use; a config that cannot build or launch raises here
+            timed.append((timer(lambda c=config: p.run(c)), config))
+        except Exception as err:  # noqa: BLE001 - skip configurations that fail to compile or launch
+            failures.append((config, f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"))
+        bar.update(1)
+    if not timed:
+        return None, f"all {len(kept)} configurations failed" + (f", e.g. {failures[0][1]}" if failures else "")
+    timed.sort(key=lambda t: t[0])
+    reference = p.reference()
+    tolerance = TOLERANCE[p.dtype]
+    default = _config._fit(dict(_config.kernel_spec(p.kernel)["default"]), p.extents)
+    default_ms = next((ms for ms, c in timed if c == default), None)
+    for ms, config in timed:
+        err = relative_error(p.run(config), reference)
+        if err <= tolerance:
+            return {"config": config, "ms": ms, "default_ms": default_ms, "layer": p.layer.name,
+                    "shape": p.layer.describe(), "dtype": p.dtype, "timed": len(timed), "pruned": len(pruned),
+                    "failed": len(failures), "rel_error": err, "updated": _now()}, ""
+        failures.append((config, f"wrong result (relative error {err:.2e} > {tolerance})"))
+    return None, f"no timed configuration matched torch (best: {failures[-len(timed)][1]})"
+
+
+# ------------------------------------------------------------------------------------ command
+
+def tune_command(args) -> int:
+    """Sweep tile configurations for a suite's shapes on this GPU and write its tile tables.
+
+    Needs a CUDA GPU. Resumable (tuned keys are skipped unless --force) and bounded (--budget-s).
+    """
+    if not torch.cuda.is_available():
+        print("mcconv tune: tuning times kernels and needs a CUDA GPU; none was found", file=sys.stderr)
+        return 2
+    layers = []
+    for name in args.suite:
+        layers += get_suite(name, args.batch)
+    device_name = torch.cuda.get_device_name().replace(" ", "_")
+    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir()
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = args.fp32 == "tf32"  # selects the "tf32" or "float32" table rows
+    try:
+        report = tune(layers, args.dtype, device_name=device_name, out_dir=out_dir, layout=args.layout,
+                      kernels=args.kernel, budget_s=args.budget_s, force=args.force,
+                      compile_workers=args.compile_workers)
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+    for kernel, why in report.unavailable.items():
+        print(f"  {kernel}: not tuned: {why}")
+    for kernel, key, config, ms in report.tuned:
+        print(f"  {kernel} {key}: {' '.join(f'{k}={v}' for k, v in config.items())} ({ms:.4f} ms)")
+    for kernel, key, why in report.failed:
+        print(f"  {kernel} {key}: FAILED: {why}")
+    print(f"tuned {len(report.tuned)}, skipped {len(report.skipped)} already tuned, failed {len(report.failed)}; "
+          f"precompilation: {report.compile_method}")
+    for path in sorted(report.paths):
+        print(f"wrote {path}")
+    if report.remaining:
+        print(f"budget spent: {len(report.remaining)} keys left; run the same command again to resume")
+    return 1 if report.failed else 0
+
+
+def _configure(p) -> None:
+    p.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=["resnet50"])
+    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float16"])
+    p.add_argument("--fp32", choices=("tf32", "ieee"), default="tf32",
+                   help="float32 precision to tune for (tf32: torch's cuDNN default)")
+    p.add_argument("--layout", choices=LAYOUTS, default="channels_last")
+    p.add_argument("--batch", type=int, help="batch size (default: each suite's own)")
+    p.add_argument("--kernel", nargs="+", help="only these kernels (default: all tunable ones)")
+    p.add_argument("--budget-s", type=float, help="stop starting new work after this many seconds")
+    p.add_argument("--force", action="store_true", help="retune keys already in the table")
+    p.add_argument("--out-dir", help="folder for <kernel>/<device>.json (default: the checkout's "
+                   "autotune_configs/, else $MCCONV_CONFIG_DIR or ./autotune_configs)")
+    p.add_argument("--compile-workers", type=int, help="threads for parallel precompilation (default up to 8)")
+
+
+tune_command.configure = _configure

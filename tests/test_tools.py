@@ -1,0 +1,404 @@
+"""The tools around the kernels: `mcconv plan`, the suites, `mcconv bench` and `mcconv tune`.
+
+Nothing here times anything for real: bench and tune run with a FAKE timer (on the CPU through
+Triton's interpreter, with tiny shapes), so these tests check structure, arithmetic and files.
+"""
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mcconv
+from mcconv import _config, _launch, bench, gpus, planner, suites, tune
+from mcconv.cli import main
+from mcconv.suites import conv
+
+H100 = gpus.GPUS["h100-sxm"]
+TINY = [conv("tiny3x3", 1, 8, 6, 8, 3), conv("tiny1x1", 1, 8, 6, 16, 1), conv("tinydw", 1, 8, 6, 8, 3, groups=8)]
+SMALL_CANDIDATES = {
+    "conv_direct": [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2),
+                    dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2)],
+    "gemm_1x1": [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=2),
+                 dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=2, num_stages=2)],
+    "depthwise": [dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+                  dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1)],
+}
+
+
+class FakeTimer:
+    """Calls the function once (so it must run) and returns ever smaller times: the last one timed wins."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, fn):
+        fn()
+        self.calls += 1
+        return 1.0 / self.calls
+
+
+@pytest.fixture
+def fresh_tables():
+    """Forget cached tile tables and plans before and after a test that writes tables."""
+    def clear():
+        _config.load_table.cache_clear()
+        _launch._plans.clear()
+
+    clear()
+    yield
+    clear()
+
+
+# ----------------------------------------------------------------------------------- plan
+
+def test_plan_numbers_for_a_resnet_layer():
+    layer = conv("l1.conv2", 32, 64, 56, 64, 3)
+    a = planner.analyze(layer, "float16", "channels_last", "h100-sxm")
+    assert a.output_shape == (32, 64, 56, 56)
+    assert a.flops == 2 * 32 * 64 * 56 * 56 * 64 * 9 == 7_398_752_256
+    act = 32 * 64 * 56 * 56
+    assert a.bytes_by_tensor == {"input": 2 * act, "weight": 2 * 64 * 64 * 9, "output": 2 * act}
+    assert a.intensity == pytest.approx(7_398_752_256 / (4 * act + 2 * 64 * 64 * 9))
+    assert a.ridge == pytest.approx(989.4 / 3.35)
+    assert a.intensity < a.ridge and a.bound == "memory"  # 287 FLOP/B against a ridge of 295
+    assert a.roofline_tflops == pytest.approx(a.intensity * 3.35)
+    assert a.dispatch.kernel == "conv_direct"
+    assert a.device_name == "NVIDIA_H100_80GB_HBM3"
+
+
+def test_plan_bound_follows_dtype_and_kernel():
+    seed = suites.seed()[0]
+    fp32 = planner.analyze(seed, "float32", "channels_last", "h100-sxm")
+    assert fp32.peak_key == "tf32" and fp32.peak_tflops == 494.7  # torch's default: TF32 convolutions
+    assert fp32.bound == "compute" and fp32.roofline_tflops == 494.7
+    dw = planner.analyze(conv("dw", 32, 144, 56, 144, 3, groups=144), "float16", "contiguous", "a100")
+    assert dw.dispatch.kernel == "depthwise" and not dw.tensor_cores
+    assert dw.peak_tflops == 19.5 and dw.bound == "memory"  # no tensor cores: the FP32 CUDA-core roof
+    with_bias = planner.analyze(seed, "float16", "channels_last", "h200", bias=True, activation="relu")
+    assert with_bias.bytes_by_tensor["bias"] == 2 * 128 and with_bias.gpu.bandwidth_tbs == 4.8
+
+
+def test_plan_command(capsys):
+    assert main(["plan", "--input", "32,64,56,56", "--weight", "64,64,3,3", "--stride", "1", "--padding", "1",
+                 "--groups", "1", "--dtype", "float16", "--layout", "channels_last",
+                 "--gpu", "NVIDIA_H100_80GB_HBM3"]) == 0
+    out = capsys.readouterr().out
+    assert "7,398,752,256" in out and "memory-bound" in out and "conv_direct" in out and "H100" in out
+    assert main(["plan", "--input", "1,128,256,256", "--weight", "128,128,5,5", "--padding", "same",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["flops"] == 53_687_091_200 and doc["output_shape"] == [1, 128, 256, 256]
+    assert main(["plan", "--input", "1,2,3", "--weight", "1,1,1,1"]) == 2
+    assert main(["plan", "--input", "1,4,8,8", "--weight", "4,4,3,3", "--gpu", "no-such-gpu"]) == 2
+    assert "no peak figures" in capsys.readouterr().out
+
+
+def test_gpu_lookup():
+    assert gpus.find_gpu("NVIDIA H100 80GB HBM3") is H100
+    assert gpus.find_gpu("nvidia_h100_80gb_hbm3") is H100
+    assert gpus.find_gpu("h100") is H100
+    assert gpus.find_gpu("NVIDIA GeForce RTX 4090") is None
+    assert H100.ridge("float16") == pytest.approx(295.3, abs=0.1)
+
+
+# ----------------------------------------------------------------------------------- suites
+
+def test_seed_suite_is_53_7_gflop():
+    (layer,) = suites.get_suite("seed")
+    assert layer.output_shape == (1, 128, 256, 256)
+    assert layer.flops == 53_687_091_200
+    assert round(layer.flops / 1e9, 1) == 53.7
+
+
+def test_suite_sizes():
+    resnet = suites.get_suite("resnet50")
+    assert len(resnet) == 23
+    assert len({(c.input_shape, c.weight_shape, c.stride, c.padding) for c in resnet}) == 23
+    assert sum(c.count for c in resnet) == 53  # 49 convolutions in the blocks and stem + 4 downsamples
+    assert all(c.n == 32 for c in resnet)
+    # v1.5: the stride sits on the 3x3 convolutions; the strided 1x1 ones are the downsamples
+    assert all(c.kh == 3 or "downsample" in c.name or c.name == "conv1" for c in resnet if c.stride != (1, 1))
+
+    mbv2 = suites.get_suite("mobilenetv2")
+    dw = [c for c in mbv2 if c.groups > 1]
+    assert len(dw) == 10 and all(c.groups == c.c == c.k and c.kh == 3 for c in dw)
+    assert {(c.c, c.h, c.stride[0]) for c in dw} == {
+        (32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2),
+        (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)}
+    assert sum(c.count for c in dw) == 17  # one per inverted-residual block
+    assert all(c.kh == 1 for c in mbv2 if c.groups == 1) and len(mbv2) - len(dw) == 19
+
+    deep = suites.get_suite("deepbench")
+    assert "subset" in suites.deepbench.__doc__ and len(deep) == 26
+    assert suites.get_suite("resnet50", batch=4)[0].n == 4
+    for layer in resnet + mbv2 + deep:  # every layer is a valid convolution whose shape mcconv derives alike
+        g = mcconv._validate.conv_geometry(layer.input_shape, layer.weight_shape, layer.stride,
+                                           layer.padding, layer.dilation, layer.groups)
+        assert g.output_shape == layer.output_shape
+    with pytest.raises(ValueError, match="suite"):
+        suites.get_suite("vgg")
+
+
+def test_parse_shape():
+    layer = suites.parse_shape("32,64,56,56:64,64,3,3:2:1")
+    assert (layer.stride, layer.padding, layer.groups) == ((2, 2), (1, 1), 1)
+    assert suites.parse_shape("8,32,14,14:32,1,3,3:1:1:32").groups == 32
+    with pytest.raises(ValueError, match="--shape"):
+        suites.parse_shape("8,32,14:32,1,3,3")
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def test_bench_dry_run_on_cpu(capsys):
+    assert main(["bench", "--suite", "mobilenetv2", "--dry-run", "--gpu", "h100-sxm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("depthwise:") == 10 and out.count("gemm_1x1:") == 19
+    assert "29 layers" in out
+    assert main(["bench", "--shape", "8,16,14,14:32,16,3,3:1:1", "--dry-run"]) == 0
+    assert "conv_direct" in capsys.readouterr().out
+
+
+def test_bench_and_tune_refuse_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--suite", "seed"]) == 2
+    assert "need a CUDA GPU" in capsys.readouterr().err
+    assert main(["tune", "--suite", "seed"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_backward_unavailable_is_reported(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mcconv._backward" else real(name, *a))
+    ok, why = bench.backward_available()
+    assert not ok and "no autograd support" in why
+
+
+def test_geomean():
+    assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
+    assert bench.geomean([None, 4.0]) == pytest.approx(4.0)
+    assert bench.geomean([]) is None
+
+
+def test_bench_rows_and_json_with_a_fake_timer(tmp_path):
+    timer = FakeTimer()
+    rows = bench.run_rows(TINY, "float32", "channels_last", timer=timer, gpu="h100-sxm")
+    assert timer.calls == 2 * len(TINY)  # mcconv and torch per layer, each checked before timing
+    assert [r["kernel"] for r in rows] == ["conv_direct", "gemm_1x1", "depthwise"]
+    for i, r in enumerate(rows):
+        assert r["status"] == "ok" and r["rel_error"] < bench.TOLERANCE["tf32"]
+        assert r["mcconv_ms"] == pytest.approx(1 / (2 * i + 1)) and r["torch_ms"] == pytest.approx(1 / (2 * i + 2))
+        assert r["speedup"] == pytest.approx(r["torch_ms"] / r["mcconv_ms"])
+        assert r["tflops"] == pytest.approx(r["flops"] / r["mcconv_ms"] / 1e9)
+        assert r["roofline_fraction"] == pytest.approx(
+            r["tflops"] / min(494.7 if r["kernel"] != "depthwise" else 66.9, r["intensity"] * 3.35))
+    report = bench.make_report(rows, suite="tiny", dtype="float32", layout="channels_last", batch=1,
+                               device="FAKE GPU", gpu=H100, command="mcconv bench ...")
+    path = tmp_path / "out" / "tiny.json"
+    bench.write_json(report, path)
+    doc = json.loads(path.read_text())
+    for key in ("device", "torch", "triton", "suite", "dtype", "layout", "batch", "rows", "geomean_speedup"):
+        assert key in doc
+    for row in doc["rows"]:
+        for key in ("name", "shape", "mcconv_ms", "torch_ms", "speedup", "tflops", "roofline_fraction"):
+            assert key in row
+    speedups = [r["speedup"] for r in rows]
+    assert doc["geomean_speedup"] == pytest.approx(math.exp(sum(map(math.log, speedups)) / len(speedups)))
+    assert doc["weighted_speedup"] == pytest.approx(sum(r["torch_ms"] for r in rows) / sum(r["mcconv_ms"] for r in rows))
+    assert "datasheet" in doc["peaks"]["source"]
+    table = bench.format_table(rows, doc["geomean_speedup"])
+    assert "tiny1x1" in table and "geometric-mean speedup" in table
+    assert not [p for p in os.listdir(path.parent) if p != "tiny.json"]  # no temporary file left
+
+
+def test_bench_fused_activation_and_mismatch(monkeypatch):
+    rows = bench.run_rows(TINY[:1], "float16", "contiguous", activation="silu", timer=FakeTimer(), gpu="h100-sxm")
+    assert rows[0]["status"] == "ok" and rows[0]["rel_error"] < 1e-2
+
+    def wrong(x, w, b=None, *args, activation=None):
+        return F.conv2d(x, w, b, *args) + 1
+
+    monkeypatch.setattr(mcconv, "conv2d", wrong)
+    timer = FakeTimer()
+    rows = bench.run_rows(TINY[:1], "float32", "contiguous", timer=timer, gpu="h100-sxm")
+    assert rows[0]["status"] == "mismatch" and rows[0]["mcconv_ms"] is None and timer.calls == 0
+    assert bench.geomean(r["speedup"] for r in rows) is None
+
+
+def test_bench_backward_rows():
+    if not bench.backward_available()[0]:
+        pytest.skip("mcconv.conv2d has no autograd support in this build")
+    timer = FakeTimer()
+    rows = bench.run_rows(TINY, "float32", "contiguous", direction="backward", activation="relu", timer=timer,
+                          gpu="h100-sxm")
+    assert all(r["status"] == "ok" for r in rows) and timer.calls == 6
+    assert rows[0]["flops"] == 2 * TINY[0].flops  # dgrad + wgrad
+
+
+def test_bench_retimes_microsecond_layers_with_cuda_graphs():
+    graph_calls = []
+
+    def graph_timer(fn):
+        graph_calls.append(fn)
+        return 0.002
+
+    rows = bench.run_rows(TINY[1:2], "float32", "channels_last", timer=lambda fn: 0.01, graph_timer=graph_timer,
+                          gpu="h100-sxm")
+    assert rows[0]["timing"] == "cudagraph" and len(graph_calls) == 2 and rows[0]["mcconv_ms"] == 0.002
+
+    def broken(fn):
+        raise RuntimeError("capture failed")
+
+    rows = bench.run_rows(TINY[1:2], "float32", "channels_last", timer=lambda fn: 0.01, graph_timer=broken,
+                          gpu="h100-sxm")
+    assert rows[0]["timing"].startswith("do_bench (cudagraph failed") and rows[0]["mcconv_ms"] == 0.01
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = bench.run_rows(TINY, "float32", "channels_last", timer=FakeTimer(), gpu="h100-sxm")
+    report = bench.make_report(rows, suite="tiny", dtype="float32", layout="channels_last", batch=1,
+                               device="FAKE", gpu=H100)
+    bench.plot(report, tmp_path / "tiny.png")
+    assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------- tune
+
+def test_launch_with_config_forces_the_tiles():
+    x = torch.randn(1, 8, 6, 6, device=bench_device())
+    w = torch.randn(8, 8, 3, 3, device=x.device) / 72 ** 0.5  # unit outputs: TF32 on a GPU stays within 1e-2
+    config = SMALL_CANDIDATES["conv_direct"][1]
+    y = _launch.launch_with_config(config, x, w, None, 1, 1)
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=1), rtol=1e-2, atol=1e-2)
+    # the normal path still follows the table / default, untouched by the forced launch
+    assert dict(mcconv.explain(x, w, padding=1).config) != config
+
+
+def bench_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_prune_oversized_configs():
+    big = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    limits = tune.ResourceLimits(H100.smem_per_block)
+    assert tune.estimate_shared_memory("conv_direct", big, 4) == 3 * (128 * 64 + 64 * 256) * 4  # 288 KiB
+    kept, pruned = tune.prune("conv_direct", [big], "tf32", limits)
+    assert not kept and "shared memory" in pruned[0][1]
+    kept, pruned = tune.prune("conv_direct", [big], "float16", limits)  # 144 KiB in fp16 fits
+    assert kept == [big] and not pruned
+    hot = dict(BLOCK_M=256, BLOCK_N=256, BLOCK_K=16, GROUP_M=8, num_warps=4, num_stages=1)
+    assert tune.accumulator_registers(hot) == 512
+    kept, pruned = tune.prune("conv_direct", [hot], "float16", limits)
+    assert not kept and "regs/thread" in pruned[0][1]
+    # every packaged candidate fits an H100 in fp16
+    for kernel in tune.FORWARD_KERNELS:
+        kept, pruned = tune.prune(kernel, _config.candidates(kernel), "float16", limits)
+        assert not pruned
+
+
+def test_tune_writes_a_resumable_merged_table(tmp_path):
+    out = tmp_path / "tables"
+    other = {"float16/M=1024/N=1024/R=1024": {"config": dict(SMALL_CANDIDATES["conv_direct"][0])}}
+    tune.write_entries(out / "conv_direct" / "FAKE_GPU.json", "conv_direct", "FAKE_GPU", other)
+    timer = FakeTimer()
+    report = tune.tune(TINY, ["float32"], device_name="FAKE_GPU", out_dir=out, timer=timer,
+                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    assert [k for k, *_ in report.tuned] == ["conv_direct", "gemm_1x1", "depthwise"] and not report.failed
+    assert timer.calls == 6
+    doc = json.loads((out / "conv_direct" / "FAKE_GPU.json").read_text())
+    assert {"kernel", "device", "triton", "torch", "updated", "entries"} <= set(doc)
+    key = _config.shape_key(tune.dtype_key("float32"), 1 * 6 * 6, 8, 8 * 9)
+    assert set(doc["entries"]) == {key, *other}  # merged: the entry that was there is kept
+    entry = doc["entries"][key]
+    assert entry["config"] == SMALL_CANDIDATES["conv_direct"][1]  # timed last: the fake timer's fastest
+    assert entry["timed"] == 2 and entry["layer"] == "tiny3x3" and entry["dtype"] == tune.dtype_key("float32")
+    assert sorted(os.listdir(out / "conv_direct")) == ["FAKE_GPU.json"]  # no temporary file left
+
+    again = FakeTimer()
+    report = tune.tune(TINY, ["float32"], device_name="FAKE_GPU", out_dir=out, timer=again,
+                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    assert again.calls == 0 and len(report.skipped) == 3 and not report.tuned  # resumed: nothing to do
+    report = tune.tune(TINY[:1], ["float32"], device_name="FAKE_GPU", out_dir=out, timer=FakeTimer(), force=True,
+                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    assert len(report.tuned) == 1
+
+
+def test_tune_skips_failing_configs_and_respects_the_budget(tmp_path, monkeypatch):
+    real = tune.launch_with_config
+
+    def flaky(config, *args, **kwargs):
+        if config["BLOCK_M"] == 32:
+            raise RuntimeError("out of resources: shared memory")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(tune, "launch_with_config", flaky)
+    report = tune.tune(TINY[:1], ["float32"], device_name="FAKE_GPU", out_dir=tmp_path, timer=FakeTimer(),
+                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    ((kernel, key, config, ms),) = report.tuned
+    assert config["BLOCK_M"] == 16
+    assert json.loads((tmp_path / kernel / "FAKE_GPU.json").read_text())["entries"][key]["failed"] == 1
+
+    report = tune.tune(TINY, ["float16"], device_name="FAKE_GPU", out_dir=tmp_path / "b", timer=FakeTimer(),
+                       budget_s=0, kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False,
+                       log=lambda *a: None)
+    assert not report.tuned and len(report.remaining) == 3 and not (tmp_path / "b").exists()
+
+
+def test_atomic_write_keeps_the_old_table_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "gemm_1x1" / "FAKE_GPU.json"
+    tune.write_entries(path, "gemm_1x1", "FAKE_GPU", {"float16/M=64/N=64/R=64": {"config": {"BLOCK_M": 16}}})
+    before = path.read_text()
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        tune.write_entries(path, "gemm_1x1", "FAKE_GPU", {"float16/M=128/N=64/R=64": {"config": {"BLOCK_M": 32}}})
+    assert path.read_text() == before and os.listdir(path.parent) == ["FAKE_GPU.json"]
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a tile table"):
+        tune.read_entries(path)
+
+
+def test_runtime_picks_up_a_tuned_table(tmp_path, monkeypatch, fresh_tables):
+    monkeypatch.setenv(_config.CONFIG_DIR_ENV, str(tmp_path))
+    report = tune.tune(TINY, ["float32"], device_name="FAKE_GPU", out_dir=tmp_path, timer=FakeTimer(),
+                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    _config.load_table.cache_clear()
+    _launch._plans.clear()
+    for (kernel, key, config, _), layer in zip(report.tuned, TINY):
+        x, w, _ = planner.meta_tensors(layer, "float32", "channels_last")
+        d = mcconv.explain(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups,
+                           device_name="FAKE_GPU")
+        assert d.kernel == kernel and d.config_source == f"table FAKE_GPU.json [{key}]"
+        assert dict(d.config) == config
+        dtype, dims = _config._parse_key(key)
+        assert _config.select_config(kernel, "FAKE_GPU", dtype, *dims, {})[0] == config
+    x, w, _ = planner.meta_tensors(TINY[0], "float32", "channels_last")
+    assert mcconv.explain(x, w, padding=1, device_name="OTHER_GPU").config_source == "heuristic default"
+
+
+def test_tunable_kernels_and_default_out_dir():
+    available, unavailable = tune.tunable_kernels()
+    assert set(tune.FORWARD_KERNELS) <= set(available)
+    assert set(available) | set(unavailable) == set(_config.KERNELS)
+    assert tune.default_out_dir().name == "autotune_configs"
+    assert tune.candidate_configs("conv_direct", {"BLOCK_M": 36, "BLOCK_N": 8, "BLOCK_K": 8})[0]["BLOCK_N"] == 16
+
+
+@pytest.mark.gpu
+def test_tune_and_bench_for_real_on_the_gpu(tmp_path):
+    """On a GPU: real timers, parallel precompilation, one small layer each."""
+    layer = conv("small", 8, 64, 28, 64, 3)
+    report = tune.tune([layer], ["float16"], device_name="TEST_GPU", out_dir=tmp_path, compile_workers=4,
+                       candidates={"conv_direct": _config.candidates("conv_direct")[:4]}, show_progress=False)
+    assert len(report.tuned) == 1 and report.compile_method != "none"
+    rows = bench.run_rows([layer], "float16", "channels_last")
+    assert rows[0]["status"] == "ok" and rows[0]["mcconv_ms"] > 0
