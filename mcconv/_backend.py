@@ -30,21 +30,27 @@ def device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device).replace(" ", "_")
 
 
+# The flag objects are plain module attributes (no GPU query); resolving them once keeps the
+# per-call check to one property read in the default state.
+_CUDNN = torch.backends.cudnn
+_CONV_FLAGS = getattr(_CUDNN, "conv", None)
+_HAS_FP32_PRECISION = _CONV_FLAGS is not None and hasattr(_CONV_FLAGS, "fp32_precision")
+
+
 def conv_uses_tf32() -> bool:
     """Whether torch would use TF32 for an fp32 convolution right now.
 
     Follows the newer ``fp32_precision`` settings (conv, then cuDNN, then global; "none" defers
     to the next level) where torch has them, else ``torch.backends.cudnn.allow_tf32``.
     """
-    cudnn = torch.backends.cudnn
-    conv = getattr(cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        for level in (conv, cudnn, torch.backends):
-            precision = getattr(level, "fp32_precision", "none")
-            if precision != "none":
-                return precision == "tf32"
-        return False
-    return bool(cudnn.allow_tf32)
+    if not _HAS_FP32_PRECISION:
+        return bool(_CUDNN.allow_tf32)
+    precision = _CONV_FLAGS.fp32_precision
+    if precision == "none":
+        precision = _CUDNN.fp32_precision
+        if precision == "none":
+            precision = torch.backends.fp32_precision
+    return precision == "tf32"
 
 
 def autotune_requested() -> bool:

@@ -121,9 +121,10 @@ def test_dot_precision_follows_allow_tf32_on_older_torch(monkeypatch, allow_tf32
     Emulated on the cudnn module's class, so torch's real flags (whose legacy and new APIs
     must not be mixed) are never touched.
     """
-    cudnn_class = type(torch.backends.cudnn)
-    monkeypatch.setattr(cudnn_class, "conv", None)
-    monkeypatch.setattr(cudnn_class, "allow_tf32", allow_tf32)
+    from mcconv import _backend
+
+    monkeypatch.setattr(_backend, "_HAS_FP32_PRECISION", False)  # as resolved on a torch without it
+    monkeypatch.setattr(type(torch.backends.cudnn), "allow_tf32", allow_tf32)
     assert mcconv.explain(meta(2, 5, 9, 7), meta(6, 5, 3, 3)).dot_precision == expected
 
 
