@@ -38,6 +38,9 @@ for f in "$REPO"/mcconv/*; do ln -s "$f" "$SHIM/mcconv/"; done
 ln -s "$REPO/kernels" "$SHIM/mcconv/_kernels"
 ln -s "$REPO/autotune_configs" "$SHIM/mcconv/autotune_configs"
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+# Run Python from the shim: `python -m` puts the working directory first on sys.path, and the
+# checkout's own mcconv/ (without _kernels inside) would shadow the shim.
+cd "$SHIM"
 
 if ! DEVICE=$($PY -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name().replace(' ', '_'))"); then
     echo "run_gpu.sh: no CUDA device visible to $PY" >&2
@@ -67,7 +70,7 @@ for stage in $STAGES; do
     test)
         if $PY -c "import pytest" 2>/dev/null; then
             timeout "$(( $(left) < TEST_TIMEOUT_S ? $(left) : TEST_TIMEOUT_S ))" \
-                $PY -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$DEST/logs/pytest.log" | tail -25
+                $PY -m pytest -q -p no:cacheprovider --rootdir "$REPO" "$REPO/tests" 2>&1 | tee "$DEST/logs/pytest.log" | tail -25
             rc=${PIPESTATUS[0]}
             note "tests: exit $rc ($(tail -1 "$DEST/logs/pytest.log"))"
             [ "$rc" = 0 ] || STATUS=1
