@@ -44,17 +44,24 @@ def activation_derivative(z, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask, bias_ptr, offs_n, mask_n,
-                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr):
-    """Bias along the output-channel axis (axis 1), activation, cast to y's dtype, masked store.
+def epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask, bias_ptr, offs_n, mask_n, r_ptr, r_offsets,
+                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
+                   HAS_RESIDUAL: tl.constexpr):
+    """Bias along the output-channel axis (axis 1), residual, activation, cast to y's dtype, masked store.
 
     `acc` is a [BLOCK_M, BLOCK_N] fp32 tile whose columns are output channels `offs_n`.
-    STORE_PREACT also stores the pre-activation z = acc + bias at the same offsets of `z_ptr`
-    (silu's and gelu's backward need z, which y alone does not determine).
+    HAS_RESIDUAL adds the residual tile read at `r_ptr + r_offsets` (its own strides and dtype),
+    in fp32 after the bias: y = act(acc + bias + residual), a ResNet block's tail. Without it
+    `r_ptr` and `r_offsets` are never touched (callers pass any pointer and y's offsets).
+    STORE_PREACT also stores the pre-activation z = acc + bias (+ residual) at the same offsets
+    of `z_ptr` (silu's and gelu's backward need z, which y alone does not determine).
     """
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
         acc = acc + bias.to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        residual = tl.load(r_ptr + r_offsets, mask=mask, other=0.0)
+        acc = acc + residual.to(tl.float32)
     if STORE_PREACT:
         tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=mask)
     acc = apply_activation(acc, ACTIVATION)

@@ -26,6 +26,9 @@ and the weight's out/in channel strides swapped. Rows are split by stride phase 
 w % stride_w) so that a tap either reaches every row of a tile or none of them: whole taps are
 skipped instead of masking most of every tile. IS_1X1 with TRANSPOSED is the plain GEMM
 dY[N*H*W, K] x W[K, C].
+
+HAS_RESIDUAL (forward only) adds a residual tensor of the output's shape, read through its own
+strides (`r_ptr`, `stride_r*`), in the epilogue before the activation: y = act(conv + bias + r).
 """
 import triton
 import triton.language as tl
@@ -50,8 +53,8 @@ def _reduce_channels(acc, x_ptr, x_rows, row_ok, w_tap, offs_c, mask_n, C_PER_GR
 
 @triton.jit
 def conv2d_igemm_kernel(
-    # pointers
-    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr,
+    # pointers (r_ptr: the residual, any pointer unless HAS_RESIDUAL)
+    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr, r_ptr,
     # sizes (channels are per group)
     N, C_PER_GROUP, H, W, K_PER_GROUP, P, Q, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -59,11 +62,13 @@ def conv2d_igemm_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wc, stride_wh, stride_ww,
     stride_yn, stride_yk, stride_yh, stride_yw,
+    stride_rn, stride_rk, stride_rh, stride_rw,
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, IS_1X1: tl.constexpr,
     TRANSPOSED: tl.constexpr, INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (cdiv(N*P*Q, BLOCK_M) * cdiv(K_PER_GROUP, BLOCK_N), groups).
@@ -149,5 +154,10 @@ def conv2d_igemm_kernel(
                                    BLOCK_K, DOT_PRECISION, DOT_IN_FP32)
 
     y_offsets = (n * stride_yn + p * stride_yh + q * stride_yw)[:, None] + out_channel[None, :] * stride_yk
+    if HAS_RESIDUAL:  # forward only (the launchers never set it with TRANSPOSED)
+        r_offsets = (n * stride_rn + p * stride_rh + q * stride_rw)[:, None] + out_channel[None, :] * stride_rk
+    else:
+        r_offsets = y_offsets  # unused: the epilogue's residual branch is compiled out
     epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & mask_n[None, :],
-                   bias_ptr + group * K_PER_GROUP, offs_n, mask_n, HAS_BIAS, ACTIVATION, STORE_PREACT)
+                   bias_ptr + group * K_PER_GROUP, offs_n, mask_n, r_ptr, r_offsets,
+                   HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL)

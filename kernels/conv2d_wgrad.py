@@ -86,4 +86,4 @@ def conv2d_wgrad_kernel(
                   + (out_k * stride_dk)[:, None] + (offs_c * stride_dc)[None, :])
     # No bias, no activation: the epilogue only casts (fp32 partials, or dW's dtype) and stores.
     epilogue_store(acc, dw_ptr, dw_ptr, dw_offsets, mask_k[:, None] & mask_c[None, :],
-                   dw_ptr, offs_c, mask_c, False, "none", False)
+                   dw_ptr, offs_c, mask_c, dw_ptr, dw_offsets, False, "none", False, False)

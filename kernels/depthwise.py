@@ -13,8 +13,8 @@ from .common import epilogue_store, split_pixels, tile_offsets
 
 @triton.jit
 def conv2d_depthwise_kernel(
-    # pointers
-    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr,
+    # pointers (r_ptr: the residual, any pointer unless HAS_RESIDUAL)
+    x_ptr, w_ptr, bias_ptr, y_ptr, z_ptr, r_ptr,
     # sizes
     N, C, H, W, K, P, Q, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -22,11 +22,12 @@ def conv2d_depthwise_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wh, stride_ww,
     stride_yn, stride_yk, stride_yh, stride_yw,
+    stride_rn, stride_rk, stride_rh, stride_rw,
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
     CHANNEL_MULT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
-    INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INDEX_64: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid: (cdiv(N*P*Q, BLOCK_M), cdiv(K, BLOCK_N))."""
     if INDEX_64:
@@ -56,5 +57,9 @@ def conv2d_depthwise_kernel(
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
 
     y_offsets = (n * stride_yn + p * stride_yh + q * stride_yw)[:, None] + offs_k[None, :] * stride_yk
+    if HAS_RESIDUAL:
+        r_offsets = (n * stride_rn + p * stride_rh + q * stride_rw)[:, None] + offs_k[None, :] * stride_rk
+    else:
+        r_offsets = y_offsets  # unused: the epilogue's residual branch is compiled out
     epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & mask_k[None, :],
-                   bias_ptr, offs_k, mask_k, HAS_BIAS, ACTIVATION, STORE_PREACT)
+                   bias_ptr, offs_k, mask_k, r_ptr, r_offsets, HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL)

@@ -68,7 +68,7 @@ def depthwise_dgrad_kernel(
     w = iw * stride_w + phase_w
     dx_offsets = (n * stride_dxn + h * stride_dxh + w * stride_dxw)[:, None] + (offs_c * stride_dxc)[None, :]
     epilogue_store(acc, dx_ptr, dx_ptr, dx_offsets, mask_m[:, None] & mask_c[None, :],
-                   dx_ptr, offs_c, mask_c, False, "none", False)
+                   dx_ptr, offs_c, mask_c, dx_ptr, dx_offsets, False, "none", False, False)
 
 
 @triton.jit

@@ -204,10 +204,11 @@ def _dgrad_plan(gz_shape, gz_strides, w_shape, w_strides, input_shape, dtype, ch
         # The forward kernel with the roles exchanged: it reads dL/dz (K/groups channels per group,
         # P x Q) and writes dL/dx (C/groups columns per group, H x W); the weight's out/in
         # channel strides are swapped so that its rows are read as [K, C] per tap.
+        # No residual (HAS_RESIDUAL False): its four strides are placeholders.
         scalars = (g.n, g.k_per_group, g.p, g.q, g.c_per_group, g.h, g.w, g.kh, g.kw, *geometry,
-                   *gz4, w_strides[1], w_strides[0], w_strides[2], w_strides[3], *dx4)
+                   *gz4, w_strides[1], w_strides[0], w_strides[2], w_strides[3], *dx4, 0, 0, 0, 0)
         meta = {"HAS_BIAS": False, "ACTIVATION": "none", "STORE_PREACT": False, "IS_1X1": is_1x1,
-                "TRANSPOSED": True, "INDEX_64": index_64, **_dot_meta(dtype, tf32)}
+                "TRANSPOSED": True, "INDEX_64": index_64, "HAS_RESIDUAL": False, **_dot_meta(dtype, tf32)}
         dot_precision = meta["DOT_PRECISION"]
     scalars = (*scalars, *(_config.bucket(f) for f in features))
     config, source, autotune = _choose(name, features, limits, dtype, tf32, device_name, forced)
@@ -342,8 +343,9 @@ def _launch_dgrad(plan, grad_z, weight, forced_kernel=None, warmup=False):
     if plan.launch:
         kernel = forced_kernel or plan.kernel
         if plan.dispatch.kernel == "conv_dgrad":
-            # conv2d_igemm_kernel(x, w, bias, y, z): no bias, no pre-activation store.
-            args = (grad_z, weight, weight, dx, dx, *plan.scalars)
+            # conv2d_igemm_kernel(x, w, bias, y, z, residual): no bias, no pre-activation store,
+            # no residual.
+            args = (grad_z, weight, weight, dx, dx, dx, *plan.scalars)
         else:
             args = (grad_z, weight, dx, *plan.scalars)
         if warmup:

@@ -14,7 +14,7 @@ import torch
 import triton
 
 from . import _backend, _config
-from ._validate import ConvGeometry, check_activation, check_tensors, conv_geometry
+from ._validate import ConvGeometry, check_activation, check_residual, check_tensors, conv_geometry
 
 _INT32_LIMIT = 2**31
 _MAX_PLANS = 4096
@@ -45,7 +45,7 @@ class _Plan:
     geometry: ConvGeometry
     kernel: object  # a JITFunction, or triton's Autotuner under MCCONV_AUTOTUNE=1
     grid: tuple | Callable
-    scalars: tuple  # every kernel argument after the four pointers, in signature order
+    scalars: tuple  # every kernel argument after the six pointers, in signature order
     meta: dict  # constexpr meta-parameters and launch options
     out_shape: tuple
     out_strides: tuple
@@ -124,7 +124,8 @@ def _grid(kernel_name: str, g: ConvGeometry, config: Mapping[str, int]) -> tuple
 
 
 def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_last, has_bias,
-                stride, padding, dilation, groups, activation, tf32, device_name) -> _Plan:
+                stride, padding, dilation, groups, activation, tf32, device_name, r_strides=None) -> _Plan:
+    """``r_strides``: the residual's strides (it has the output's shape), None without one."""
     g = conv_geometry(tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
     unbatched = len(x_shape) == 3
     out_shape = g.output_shape[1:] if unbatched else g.output_shape
@@ -133,14 +134,20 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
     # A 3-D input is read as a batch of one; its (absent) batch stride is never multiplied by n > 0.
     x4_strides = (0, *x_strides) if unbatched else tuple(x_strides)
     y4_strides = (0, *out_strides) if unbatched else out_strides
+    if r_strides is None:
+        r4_strides = (0, 0, 0, 0)  # placeholders: HAS_RESIDUAL is False
+    else:
+        r4_strides = (0, *r_strides) if unbatched else tuple(r_strides)
 
     kernel_name = _choose_kernel(g)
     features, limits = tile_problem(kernel_name, g)
     dtype_key = "tf32" if tf32 else str(dtype).removeprefix("torch.")
-    index_64 = max(_span(x_shape, x_strides), _span(w_shape, w_strides), _span(out_shape, out_strides)) >= _INT32_LIMIT
+    index_64 = max(_span(x_shape, x_strides), _span(w_shape, w_strides), _span(out_shape, out_strides),
+                   0 if r_strides is None else _span(out_shape, r_strides)) >= _INT32_LIMIT
     buckets = tuple(_config.bucket(f) for f in features)
 
-    meta = {"HAS_BIAS": has_bias, "ACTIVATION": activation or "none", "STORE_PREACT": False, "INDEX_64": index_64}
+    meta = {"HAS_BIAS": has_bias, "ACTIVATION": activation or "none", "STORE_PREACT": False, "INDEX_64": index_64,
+            "HAS_RESIDUAL": r_strides is not None}
     dot_precision = None
     if kernel_name == "depthwise":
         meta["CHANNEL_MULT"] = g.k // g.c
@@ -156,7 +163,7 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
         sizes = (g.n, g.c_per_group, g.h, g.w, g.k_per_group)
         w_args = tuple(w_strides)
     scalars = (*sizes, g.p, g.q, g.kh, g.kw, *g.stride, g.padding[0], g.padding[2], *g.dilation,
-               *x4_strides, *w_args, *y4_strides, *buckets)
+               *x4_strides, *w_args, *y4_strides, *r4_strides, *buckets)
 
     autotune = _backend.autotune_requested()
     if autotune and _backend.interpreted():
@@ -191,14 +198,16 @@ def _channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-def get_plan(input, weight, bias, stride, padding, dilation, groups, activation, device_name=None) -> _Plan:
+def get_plan(input, weight, bias, stride, padding, dilation, groups, activation, device_name=None,
+             residual=None) -> _Plan:
     """The cached plan of a call; validates everything on the first call of a kind."""
     try:
         tf32 = input.dtype == torch.float32 and _backend.conv_uses_tf32()
         key = (input.shape, input.stride(), input.dtype, input.device, _channels_last(input),
                weight.shape, weight.stride(), weight.dtype, weight.device,
                None if bias is None else (bias.shape, bias.dtype, bias.device),
-               _hashable(stride), _hashable(padding), _hashable(dilation), groups, activation, tf32, device_name)
+               _hashable(stride), _hashable(padding), _hashable(dilation), groups, activation, tf32, device_name,
+               None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device))
         return _plans[key]
     except KeyError:
         pass
@@ -206,12 +215,17 @@ def get_plan(input, weight, bias, stride, padding, dilation, groups, activation,
         key = None  # not tensors, or unhashable options: validate below
     check_tensors(input, weight, bias)
     check_activation(activation)
+    if residual is not None:
+        g = conv_geometry(tuple(input.shape), tuple(weight.shape), _hashable(stride), _hashable(padding),
+                          _hashable(dilation), groups)
+        check_residual(residual, input, g.output_shape[1:] if input.dim() == 3 else g.output_shape)
     tf32 = input.dtype == torch.float32 and _backend.conv_uses_tf32()
     device = input.device
     plan = _build_plan(tuple(input.shape), tuple(input.stride()), tuple(weight.shape), tuple(weight.stride()),
                        input.dtype, device, _channels_last(input),
                        bias is not None, _hashable(stride), _hashable(padding), _hashable(dilation), groups,
-                       activation, tf32, device_name or _backend.device_name(device))
+                       activation, tf32, device_name or _backend.device_name(device),
+                       None if residual is None else tuple(residual.stride()))
     if key is not None:
         if len(_plans) >= _MAX_PLANS:
             _plans.clear()
@@ -233,14 +247,16 @@ def check_runnable(device: torch.device) -> None:
 
 
 def conv2d_forward(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-                   return_preact=False):
-    """Launch the forward convolution (no autograd): ``act(conv2d(input, weight) + bias)``.
+                   return_preact=False, residual=None):
+    """Launch the forward convolution (no autograd): ``act(conv2d(input, weight) + bias + residual)``.
 
-    With ``return_preact=True`` returns ``(y, z)``, z = conv2d(input, weight) + bias before the
-    activation, stored by the same kernel's epilogue (silu's and gelu's backward need it). Without
-    an activation z *is* y (the same tensor).
+    ``residual`` (optional) is a tensor of exactly the output's shape, the input's dtype and
+    device and any strides, added in fp32 in the epilogue before the activation.
+    With ``return_preact=True`` returns ``(y, z)``, z = conv2d(input, weight) + bias (+ residual)
+    before the activation, stored by the same kernel's epilogue (silu's and gelu's backward need
+    it). Without an activation z *is* y (the same tensor).
     """
-    plan = get_plan(input, weight, bias, stride, padding, dilation, groups, activation)
+    plan = get_plan(input, weight, bias, stride, padding, dilation, groups, activation, residual=residual)
     if input.device.type != "cuda":
         check_runnable(input.device)
     y = torch.empty_strided(plan.out_shape, plan.out_strides, dtype=input.dtype, device=input.device)
@@ -250,7 +266,8 @@ def conv2d_forward(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
         # The kernels index the bias with unit stride; a strided view (e.g. b[::2]) needs a copy.
         bias = weight if bias is None else bias.contiguous()
         meta = {**plan.meta, "STORE_PREACT": True} if store_z else plan.meta
-        plan.kernel[plan.grid](input, weight, bias, y, z, *plan.scalars, **meta)
+        plan.kernel[plan.grid](input, weight, bias, y, z, weight if residual is None else residual,
+                               *plan.scalars, **meta)
     return (y, z) if return_preact else y
 
 
@@ -268,7 +285,7 @@ def launch_with_config(config: Mapping[str, int], input, weight, bias=None, stri
     if plan.launch:
         kernel = _jit_kernel(plan.dispatch.kernel)  # never the autotuner: the config is forced
         grid = _grid(plan.dispatch.kernel, plan.geometry, config)
-        args = (input, weight, weight if bias is None else bias.contiguous(), y, y, *plan.scalars)
+        args = (input, weight, weight if bias is None else bias.contiguous(), y, y, weight, *plan.scalars)
         meta = {**plan.meta, **config}
         if warmup:
             kernel.warmup(*args, grid=grid, **meta)
@@ -278,11 +295,13 @@ def launch_with_config(config: Mapping[str, int], input, weight, bias=None, stri
 
 
 def explain(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
-            device_name: str | None = None) -> Dispatch:
+            residual=None, device_name: str | None = None) -> Dispatch:
     """Which kernel and tile configuration ``mcconv.conv2d`` would use for these arguments.
 
     Tensors may be on the ``meta`` device (shapes only). ``device_name`` (e.g.
     ``"NVIDIA_H100_80GB_HBM3"``) selects another GPU model's tile table than the tensors' device.
-    Raises the same errors as the convolution for bad arguments.
+    A ``residual`` is fused into the same kernel's epilogue (it changes no dispatch); it is
+    validated like the convolution's. Raises the same errors as the convolution for bad arguments.
     """
-    return get_plan(input, weight, bias, stride, padding, dilation, groups, activation, device_name).dispatch
+    return get_plan(input, weight, bias, stride, padding, dilation, groups, activation, device_name,
+                    residual=residual).dispatch

@@ -8,7 +8,9 @@ time. Gradients are computed by the Triton kernels of :mod:`mcconv._backward`.
 Ops (``padding`` is always the normalised ``(top, bottom, left, right)``; ``activation`` is
 ``"none"``, ``"relu"``, ``"silu"`` or ``"gelu"``):
 
-* ``mcconv::conv2d(input, weight, bias?, stride, padding, dilation, groups, activation) -> y``
+* ``mcconv::conv2d(input, weight, bias?, stride, padding, dilation, groups, activation, residual?=None) -> y``:
+  ``act(conv2d(input, weight) + bias + residual)``, the residual (the output's shape, any
+  strides) added in the kernel's epilogue; its gradient is dL/dz.
 * ``mcconv::conv2d_preact(...same...) -> (y, z)``: also returns the pre-activation ``z``, which
   the silu/gelu backward needs; :func:`conv2d` uses it when a gradient will be taken.
 * ``mcconv::conv2d_input_grad``, ``mcconv::conv2d_weight_grad``, ``mcconv::conv2d_bias_grad``,
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _backward, _launch
-from ._validate import check_activation, check_tensors, conv_geometry
+from ._validate import check_activation, check_residual, check_tensors, conv_geometry
 
 _NO_ACT = "none"  # the schema's spelling of activation=None
 
@@ -54,31 +56,31 @@ def _empty_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> T
 
 @torch.library.custom_op("mcconv::conv2d", mutates_args=())
 def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
-              dilation: list[int], groups: int, activation: str) -> Tensor:
-    """``act(conv2d(input, weight) + bias)`` with normalised arguments (see the module docstring)."""
+              dilation: list[int], groups: int, activation: str, residual: Optional[Tensor] = None) -> Tensor:
+    """``act(conv2d(input, weight) + bias + residual)`` with normalised arguments (see the module docstring)."""
     return _launch.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
-                                  _act(activation))
+                                  _act(activation), residual=residual)
 
 
 @conv2d_op.register_fake
-def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation):
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
     return _empty_output(input, weight, stride, padding, dilation)
 
 
 @torch.library.custom_op("mcconv::conv2d_preact", mutates_args=())
 def conv2d_preact_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
                      padding: list[int], dilation: list[int], groups: int,
-                     activation: str) -> tuple[Tensor, Tensor]:
-    """``(y, z)``: the activated output and the pre-activation ``z = conv2d(input, weight) + bias``."""
+                     activation: str, residual: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``(y, z)``: the activated output and the pre-activation ``z = conv2d(input, weight) + bias (+ residual)``."""
     y, z = _launch.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
-                                  _act(activation), return_preact=True)
+                                  _act(activation), return_preact=True, residual=residual)
     if z is y:  # no activation: y == z, but a custom op's outputs may not alias each other
         z = y.clone()
     return y, z
 
 
 @conv2d_preact_op.register_fake
-def _conv2d_preact_fake(input, weight, bias, stride, padding, dilation, groups, activation):
+def _conv2d_preact_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
     return (_empty_output(input, weight, stride, padding, dilation),
             _empty_output(input, weight, stride, padding, dilation))
 
@@ -170,15 +172,17 @@ def _activation_bias_grad_fake(grad_y, saved, activation):
 # No double backward: the backward ops have no autograd formulas of their own.
 
 def _setup(ctx, inputs, saved_act, keep_operands=False):
-    input, weight, bias, stride, padding, dilation, groups, activation = inputs
+    input, weight, bias, stride, padding, dilation, groups, activation, residual = inputs
     ctx.conv_args = (stride, padding, dilation, groups)
     ctx.activation = activation
     ctx.shapes = (list(input.shape), list(weight.shape))
     # dL/dinput needs the weight, dL/dweight the input: keep only what will be used (a frozen
     # layer's input is not held on to).
     needs = ctx.needs_input_grad
+    # The residual only matters to a backward that recomputes z (its gradient is dL/dz).
     ctx.save_for_backward(input if needs[1] or keep_operands else None,
-                          weight if needs[0] or keep_operands else None, saved_act)
+                          weight if needs[0] or keep_operands else None, saved_act,
+                          residual if keep_operands else None)
 
 
 def _activation_backward(ctx, grad_y, saved):
@@ -192,7 +196,10 @@ def _activation_backward(ctx, grad_y, saved):
 
 
 def _conv_grads(ctx, grad_z, grad_bias):
-    """The op's input gradients, given dL/dz: only those autograd asks for."""
+    """The op's input gradients, given dL/dz: only those autograd asks for.
+
+    dL/dresidual is dL/dz itself (z = conv + bias + residual), of the output's shape and dtype.
+    """
     input, weight = ctx.saved_tensors[:2]
     input_shape, weight_shape = ctx.shapes
     stride, padding, dilation, groups = ctx.conv_args
@@ -201,7 +208,10 @@ def _conv_grads(ctx, grad_z, grad_bias):
         grad_input = conv2d_input_grad_op(grad_z, weight, input_shape, stride, padding, dilation, groups)
     if ctx.needs_input_grad[1]:
         grad_weight = conv2d_weight_grad_op(grad_z, input, weight_shape, stride, padding, dilation, groups)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+    # The dispatcher drops a trailing residual=None from the op's arguments, and with it its flag.
+    needs = ctx.needs_input_grad
+    grad_residual = grad_z if len(needs) > 8 and needs[8] else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, grad_residual
 
 
 def _setup_conv2d(ctx, inputs, output):
@@ -217,8 +227,8 @@ def _setup_conv2d(ctx, inputs, output):
 def _backward_conv2d(ctx, grad_y):
     saved = ctx.saved_tensors[2]
     if ctx.recompute_z:
-        input, weight, bias = ctx.saved_tensors
-        saved = conv2d_op(input, weight, bias, *ctx.conv_args, _NO_ACT)
+        input, weight, bias, residual = ctx.saved_tensors
+        saved = conv2d_op(input, weight, bias, *ctx.conv_args, _NO_ACT, residual)
     return _conv_grads(ctx, *_activation_backward(ctx, grad_y, saved))
 
 
@@ -233,7 +243,7 @@ def _setup_conv2d_preact(ctx, inputs, output):
 def _backward_conv2d_preact(ctx, grad_y, grad_z_out):
     if grad_z_out is None:
         if grad_y is None:
-            return (None,) * 8
+            return (None,) * 9
         return _conv_grads(ctx, *_activation_backward(ctx, grad_y, ctx.saved_tensors[2]))
     # z was used too: its gradient adds to the activation's, and the bias sums the total.
     grad_z = grad_z_out
@@ -261,12 +271,13 @@ def _register_autocast(op, name: str, device_type: str, lib) -> None:
     key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
-    def kernel(_keyset, input, weight, bias, *rest):
+    def kernel(_keyset, input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
         # Unlike torch.library.register_autocast (one fixed dtype), follow the context's dtype.
         dtype = torch.get_autocast_dtype(device_type)
         with torch._C._ExcludeDispatchKeyGuard(keyset):
             return op(_autocast_cast(input, device_type, dtype), _autocast_cast(weight, device_type, dtype),
-                      _autocast_cast(bias, device_type, dtype), *rest)
+                      _autocast_cast(bias, device_type, dtype), stride, padding, dilation, groups, activation,
+                      _autocast_cast(residual, device_type, dtype))
 
     lib.impl(name, kernel, key, with_keyset=True)
 
@@ -283,11 +294,13 @@ _normalised: dict = {}
 _MAX_NORMALISED = 4096
 
 
-def _normalise(input, weight, bias, stride, padding, dilation, groups, activation):
+def _normalise(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
     """Validate (raising the launcher's ValueError/TypeError) and give the op's arguments."""
     check_tensors(input, weight, bias)
     check_activation(activation)
     g = conv_geometry(tuple(input.shape), tuple(weight.shape), stride, padding, dilation, groups)
+    if residual is not None:
+        check_residual(residual, input, g.output_shape[1:] if input.dim() == 3 else g.output_shape)
     # tuples (the ops' int[] arguments take them); whether the backward will need z
     return g.stride, g.padding, g.dilation, activation or _NO_ACT, _backward.needs_preact(activation)
 
@@ -304,18 +317,19 @@ def _autocast_dtype(device_type: str):
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _plain_eager(input, weight, bias) -> bool:
+def _plain_eager(input, weight, bias, residual=None) -> bool:
     """Plain tensors, real devices, no dispatch/function mode, functorch transform or JIT trace
     active: calling the launcher is then exactly what the op would do. Anything else (FakeTensor,
     meta, subclasses, vmap, make_fx, FlopCounterMode, ...) goes through the op and its fake."""
     return (type(input) in _PLAIN and type(weight) in _PLAIN and (bias is None or type(bias) in _PLAIN)
+            and (residual is None or type(residual) in _PLAIN)
             and input.device.type != "meta" and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active()
             and torch._C._get_tracing_state() is None)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, residual=None):
     """:func:`mcconv.conv2d`: validate and normalise the arguments, then run the convolution.
 
     With a gradient to take: ``mcconv::conv2d``, or ``mcconv::conv2d_preact`` for silu/gelu (z
@@ -330,20 +344,23 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             input = _autocast_cast(input, device_type, cast_to)
             weight = _autocast_cast(weight, device_type, cast_to)
             bias = _autocast_cast(bias, device_type, cast_to) if isinstance(bias, Tensor) else bias
+            if isinstance(residual, Tensor):
+                residual = _autocast_cast(residual, device_type, cast_to)
     compiling = torch.compiler.is_compiling()
     if compiling:
-        args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation)
+        args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation, residual)
     else:
         # Eager: everything checked depends only on this key, so validate once per kind of call.
         try:
             key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
                    None if bias is None else (bias.shape, bias.dtype, bias.device),
-                   stride, padding, dilation, groups, activation)
+                   stride, padding, dilation, groups, activation,
+                   None if residual is None else (residual.shape, residual.dtype, residual.device))
             args = _normalised.get(key)
         except (AttributeError, TypeError):  # not tensors, or unhashable options: validate, do not cache
             key = args = None
         if args is None:
-            args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation)
+            args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation, residual)
             if key is not None:
                 if len(_normalised) >= _MAX_NORMALISED:
                     _normalised.clear()
@@ -352,13 +369,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+        if residual is not None:
+            residual = residual.unsqueeze(0)
     needs_grad = torch.is_grad_enabled() and (
-        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    if not (compiling or needs_grad) and _plain_eager(input, weight, bias):
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad))
+    if not (compiling or needs_grad) and _plain_eager(input, weight, bias, residual):
         # Inference on plain tensors: the op's Python dispatch would add ~50 us to each call.
-        y = _launch.conv2d_forward(input, weight, bias, stride, padding, dilation, groups, _act(act))
+        y = _launch.conv2d_forward(input, weight, bias, stride, padding, dilation, groups, _act(act),
+                                   residual=residual)
     elif needs_grad and preact:
-        y = conv2d_preact_op(input, weight, bias, stride, padding, dilation, groups, act)[0]
+        y = conv2d_preact_op(input, weight, bias, stride, padding, dilation, groups, act, residual)[0]
     else:
-        y = conv2d_op(input, weight, bias, stride, padding, dilation, groups, act)
+        y = conv2d_op(input, weight, bias, stride, padding, dilation, groups, act, residual)
     return y.squeeze(0) if unbatched else y

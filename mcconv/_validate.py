@@ -149,6 +149,20 @@ def conv_geometry(input_shape, weight_shape, stride, padding, dilation, groups) 
     return ConvGeometry(n, c, h, w, k, kh, kw, groups, stride, pads, dilation, p, q)
 
 
+def check_residual(residual, input, output_shape) -> None:
+    """The fused residual: a tensor of exactly the output's shape (no broadcasting), the input's
+    dtype and device; any strides. ``input`` has passed :func:`check_tensors`."""
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
+    if residual.dtype != input.dtype:
+        raise TypeError(f"residual: expected the input's dtype {input.dtype}, got {residual.dtype}")
+    if residual.device != input.device:
+        raise TypeError(f"residual: expected the input's device {input.device}, got {residual.device}")
+    if tuple(residual.shape) != tuple(output_shape):
+        raise ValueError(f"residual: expected the output's shape {tuple(output_shape)} (no broadcasting), "
+                         f"got {tuple(residual.shape)}")
+
+
 def check_activation(activation) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of None, 'relu', 'silu', 'gelu', got {activation!r}")

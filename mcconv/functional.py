@@ -2,8 +2,10 @@
 from . import _op
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
-    """2-D convolution with the semantics of ``torch.nn.functional.conv2d``, plus a fused activation.
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+           residual=None):
+    """2-D convolution with the semantics of ``torch.nn.functional.conv2d``, plus a fused residual
+    add and activation.
 
     Args:
         input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; float16, bfloat16 or float32; CUDA
@@ -16,15 +18,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             the extra pixel of even kernels goes bottom/right, as in torch).
         groups: divides both C and K.
         activation: None, ``"relu"``, ``"silu"`` or ``"gelu"`` (erf form), applied after the bias
-            in the kernel's epilogue.
+            (and residual) in the kernel's epilogue.
+        residual: optional tensor of exactly the output's shape (no broadcasting), same dtype and
+            device, any strides (contiguous, channels_last, a view), added in fp32 in the
+            epilogue before the activation -- a ResNet block's ``act(conv(x) + b + shortcut)``
+            without a separate add kernel.
 
     Returns:
-        ``act(conv2d(input, weight) + bias)`` in the input's dtype, accumulated in fp32.
+        ``act(conv2d(input, weight) + bias + residual)`` in the input's dtype, accumulated in fp32.
 
-    Differentiable in input, weight and bias (Triton backward kernels), traceable by
+    Differentiable in input, weight, bias and residual (Triton backward kernels), traceable by
     ``torch.compile(fullgraph=True)`` and autocast-aware: after validating and normalising the
     arguments it calls the custom op ``torch.ops.mcconv.conv2d`` (``conv2d_preact`` when silu or
     gelu must keep z for the backward); eager inference without autograd skips the op's
     dispatch and launches the kernel directly.
     """
-    return _op.conv2d(input, weight, bias, stride, padding, dilation, groups, activation)
+    return _op.conv2d(input, weight, bias, stride, padding, dilation, groups, activation, residual)

@@ -14,8 +14,10 @@ class Conv2d(nn.Conv2d):
     Same constructor arguments, parameters (``weight`` ``(out, in/groups, kH, kW)``, optional
     ``bias``), initialisation and state dict as ``torch.nn.Conv2d`` -- a state dict loads either
     way -- plus ``activation`` (None, ``"relu"``, ``"silu"`` or ``"gelu"``), applied in the
-    kernel's epilogue. Padding modes other than ``"zeros"`` pad with ``F.pad`` and then convolve
-    without padding, as torch does.
+    kernel's epilogue. ``forward(input, residual=None)`` also takes an optional residual of the
+    output's shape, added in the epilogue before the activation (see :func:`mcconv.conv2d`).
+    Padding modes other than ``"zeros"`` pad with ``F.pad`` and then convolve without padding,
+    as torch does.
     """
 
     activation = None  # class default: modules converted in place or unpickled from nn.Conv2d
@@ -27,12 +29,17 @@ class Conv2d(nn.Conv2d):
                          padding_mode, device=device, dtype=dtype)
         self.activation = activation
 
-    def _conv_forward(self, input, weight, bias):
+    def forward(self, input, residual=None):
+        """``act(conv2d(input) + bias + residual)``; ``residual`` as in :func:`mcconv.conv2d`."""
+        return self._conv_forward(input, self.weight, self.bias, residual)
+
+    def _conv_forward(self, input, weight, bias, residual=None):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups, activation=self.activation)
+            return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups, activation=self.activation,
+                          residual=residual)
         return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                      activation=self.activation)
+                      activation=self.activation, residual=residual)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
