@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 import torch
 import triton
 
-from . import _backend, _config
+from . import _backend, _config, _pack
 from ._validate import ConvGeometry, check_activation, check_residual, check_tensors, conv_geometry
 
 _INT32_LIMIT = 2**31
@@ -31,11 +31,13 @@ class Dispatch:
     memory_format: str  # "contiguous" or "channels_last"
     index_bits: int  # 32, or 64 when a tensor spans 2**31 elements or more
     dot_precision: str | None  # "ieee" or "tf32" for the tl.dot kernels, None for depthwise
+    packed_weight: bool = False  # the weight is read from a cached (KH, KW, C/g, K) copy (mcconv._pack)
 
     def __str__(self) -> str:
         tiles = " ".join(f"{k}={v}" for k, v in self.config.items()) or "(autotuned)"
         return (f"{self.kernel}: {tiles} [{self.config_source}]; output {self.output_shape} "
                 f"{self.memory_format}, int{self.index_bits} offsets"
+                + (", packed weight" if self.packed_weight else "")
                 + (f", dot {self.dot_precision}" if self.dot_precision else ""))
 
 
@@ -50,6 +52,7 @@ class _Plan:
     out_shape: tuple
     out_strides: tuple
     launch: bool  # False for empty outputs
+    pack_weight: bool = False  # launch with _pack.packed(weight), whose strides are in `scalars`
 
 
 def _span(shape, strides) -> int:
@@ -141,6 +144,9 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
 
     kernel_name = _choose_kernel(g)
     features, limits = tile_problem(kernel_name, g)
+    pack_weight = kernel_name == "conv_direct" and _pack.worth_packing(w_strides) and _pack.enabled()
+    if pack_weight:
+        w_strides = _pack.packed_strides(w_shape)
     dtype_key = "tf32" if tf32 else str(dtype).removeprefix("torch.")
     index_64 = max(_span(x_shape, x_strides), _span(w_shape, w_strides), _span(out_shape, out_strides),
                    0 if r_strides is None else _span(out_shape, r_strides)) >= _INT32_LIMIT
@@ -181,9 +187,9 @@ def _build_plan(x_shape, x_strides, w_shape, w_strides, dtype, device, channels_
 
     dispatch = Dispatch(kernel=kernel_name, config=types.MappingProxyType(dict(config)), config_source=source,
                         output_shape=tuple(out_shape), memory_format="channels_last" if channels_last else "contiguous",
-                        index_bits=64 if index_64 else 32, dot_precision=dot_precision)
+                        index_bits=64 if index_64 else 32, dot_precision=dot_precision, packed_weight=pack_weight)
     return _Plan(dispatch, g, kernel, grid, scalars, meta, tuple(out_shape), out_strides,
-                 launch=all(s > 0 for s in out_shape))
+                 launch=all(s > 0 for s in out_shape), pack_weight=pack_weight)
 
 
 _plans: dict = {}
@@ -266,6 +272,8 @@ def conv2d_forward(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
         # The kernels index the bias with unit stride; a strided view (e.g. b[::2]) needs a copy.
         bias = weight if bias is None else bias.contiguous()
         meta = {**plan.meta, "STORE_PREACT": True} if store_z else plan.meta
+        if plan.pack_weight:
+            weight = _pack.packed(weight)
         plan.kernel[plan.grid](input, weight, bias, y, z, weight if residual is None else residual,
                                *plan.scalars, **meta)
     return (y, z) if return_preact else y
@@ -285,6 +293,8 @@ def launch_with_config(config: Mapping[str, int], input, weight, bias=None, stri
     if plan.launch:
         kernel = _jit_kernel(plan.dispatch.kernel)  # never the autotuner: the config is forced
         grid = _grid(plan.dispatch.kernel, plan.geometry, config)
+        if plan.pack_weight:
+            weight = _pack.packed(weight)
         args = (input, weight, weight if bias is None else bias.contiguous(), y, y, weight, *plan.scalars)
         meta = {**plan.meta, **config}
         if warmup:
