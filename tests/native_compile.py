@@ -1,0 +1,357 @@
+"""Compile every kernel variant that mcconv launches natively for an H100 (sm_90), without a GPU.
+
+Triton's interpreter, which runs the test suite on CPU-only machines, accepts code that the
+real compiler rejects (tl.dot tiles under 16, mixed dtypes, loop-carried type changes). This
+script drives mcconv's own launch paths -- ``mcconv.conv2d`` forward and autograd backward, and
+the launchers of :mod:`mcconv._backward` -- on small CPU tensors and on shape-only ``meta``
+tensors (for the int64-offset variants), with ``JITFunction.run`` replaced by a recorder. Each
+distinct launch is then compiled by Triton's own ``JITFunction.run(..., warmup=True)`` against a
+stand-in driver that reports an sm_90 target, so the specialisation (pointer dtypes, ints equal
+to 1 turned into constants, divisibility), constexprs and num_warps/num_stages are exactly
+those of a launch on the GPU. ptxas ships in the triton wheel; no CUDA driver is needed.
+
+Run by tests/test_native_compile.py, but usable by hand::
+
+    python tests/native_compile.py [--shard I/N] [--candidates] [--list] [-v]
+
+TRITON_INTERPRET must be unset (the kernels must be decorated as JITFunctions). Exit status:
+0 when every variant compiled, 1 when some failed (each reported with kernel, constexprs and
+argument types), 77 with a "SKIP: reason" line when this triton cannot compile for NVIDIA.
+A kernel that compiles but needs more shared memory than an H100 block may have counts as failed.
+
+Not exercised: the GPU's own split counts of the split reductions (they follow the SM count;
+here the CPU rule picks them -- only integer arguments differ, and both SPLIT == 1 and > 1 are
+covered) and, by default, the autotuning candidates: ``--candidates`` compiles each of them once
+per tile table and dtype mode (several minutes; triton's autotuner and ``mcconv tune`` skip the
+candidates that run out of shared memory, which this reports as failures).
+"""
+import argparse
+import inspect
+import itertools
+import os
+import re
+import sys
+import time
+import traceback
+
+SKIP_STATUS = 77
+# Largest dynamic shared memory one block may use on sm_90 (227 KiB): a kernel over it compiles
+# but fails to launch (triton's OutOfResources), so it counts as a failure here.
+SM90_MAX_SHARED = 232448
+
+
+def _skip(reason: str):
+    print(f"SKIP: {reason}", flush=True)
+    sys.exit(SKIP_STATUS)
+
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("native_compile.py: unset TRITON_INTERPRET (the interpreter's kernels cannot be compiled)")
+
+import triton  # noqa: E402
+
+try:
+    from triton.backends import backends as _triton_backends
+    from triton.backends.compiler import GPUTarget
+except ImportError as err:  # pragma: no cover - a triton without the backend registry
+    _skip(f"triton {triton.__version__} lacks triton.backends ({err})")
+if "nvidia" not in _triton_backends:
+    _skip(f"triton {triton.__version__} has no NVIDIA backend")
+try:
+    from triton import knobs
+
+    knobs.nvidia.ptxas.path  # noqa: B018 - raises where triton cannot find a ptxas
+except Exception as err:  # noqa: BLE001 - any failure to locate ptxas means: cannot compile here
+    _skip(f"triton {triton.__version__}: no usable ptxas ({type(err).__name__}: {err})")
+
+import torch  # noqa: E402
+from triton.runtime.driver import driver as _driver  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+H100_NAME = "NVIDIA_H100_80GB_HBM3"  # torch's device name, spaces as underscores (tile-table file name)
+
+
+class _CompileOnlyDriver:
+    """Answers what JITFunction.run asks the CUDA driver before compiling; never launches."""
+
+    def get_current_target(self):
+        return TARGET
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+# ------------------------------------------------------------------------------- recording
+
+_ORIGINAL_RUN = JITFunction.run
+_launches = []  # (key, JITFunction, args, kwargs, context) in launch order
+_context = ""  # which call of the library is being driven, for the failure report
+_mode = ""  # the dtype mode being driven (a key of MODES)
+_tuners = {}  # id(Autotuner) -> number, under --candidates
+
+
+def _spec(value):
+    """How triton specialises one argument (close enough to dedupe launches; triton decides)."""
+    if hasattr(value, "data_ptr"):
+        return ("*" + str(value.dtype).removeprefix("torch."), value.data_ptr() % 16 == 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value
+    if value == 1:
+        return 1  # triton turns ints equal to 1 into constants
+    return ("i32" if -2**31 <= value < 2**31 else "i64", value % 16 == 0)
+
+
+def _recording_run(self, *args, grid, warmup, **kwargs):
+    """Stands in for every kernel launch: remember it, launch nothing."""
+    names = list(self.arg_names)
+    constexprs = {names[i] for i in self.constexprs}
+    bound = {**dict(zip(names, args)), **kwargs}
+    # Constexprs and launch options by value, the other arguments by their specialisation.
+    key = (self.__name__, tuple(sorted((k, v if k in constexprs or k not in names else _spec(v))
+                                       for k, v in bound.items())))
+    _launches.append((key, self, args, kwargs, _context))
+
+
+def _autotuner_run(self, *args, **kwargs):
+    """Under MCCONV_AUTOTUNE=1: every config triton.autotune would benchmark is a launch.
+
+    Each candidate is compiled once per tile table (autotuner) and dtype mode, for the first case
+    that launches it, not once per case: the candidate lists are long, and the epilogue and
+    layout variants are already covered with the tile tables' configs.
+    """
+    global _context
+    context = _context
+    tuner = _tuners.setdefault(id(self), len(_tuners))  # in order of first use: the same in every shard
+    for config in self.configs:
+        options = config.all_kwargs()
+        _context = f"{context}; candidate {options}"
+        first = len(_launches)
+        self.fn.run(*args, **kwargs, **options)
+        for i in range(first, len(_launches)):
+            key, *rest = _launches[i]
+            _launches[i] = ((key[0], tuner, _mode, tuple(sorted(options.items()))), *rest)
+    _context = context
+
+
+def describe(fn, args, kwargs) -> str:
+    """Kernel name, launch options, constexprs, pointer dtypes and the ints specialised to 1."""
+    names = list(fn.arg_names)
+    bound = dict(zip(names, args))
+    options = {k: v for k, v in kwargs.items() if k not in names}
+    constexprs = {k: v for k, v in kwargs.items() if k in names}
+    pointers = {k: str(v.dtype).removeprefix("torch.") for k, v in bound.items() if hasattr(v, "data_ptr")}
+    ones = [k for k, v in bound.items() if isinstance(v, int) and not isinstance(v, bool) and v == 1]
+    return (f"{fn.__name__} {options}\n    constexprs: {constexprs}\n    pointers: {pointers}\n"
+            f"    ints == 1: {ones}")
+
+
+# ------------------------------------------------------------------------------- the calls
+
+MODES = {  # name -> (dtype, whether fp32 convolutions use TF32)
+    "float16": (torch.float16, False),
+    "bfloat16": (torch.bfloat16, False),
+    "tf32": (torch.float32, True),
+    "float32": (torch.float32, False),  # ieee tl.dot
+}
+ACTIVATIONS = (None, "relu", "silu", "gelu")
+LAYOUTS = ("contiguous", "channels_last")
+
+# (label, input shape, weight shape, stride, padding, dilation, groups). Channel counts of 64
+# keep the default tiles unshrunk; the smaller ones give the tiles shrunk to the problem.
+GEOMETRIES = [
+    ("direct 3x3", (2, 64, 9, 9), (64, 64, 3, 3), 1, 1, 1, 1),
+    ("direct 3x3 stride 2, dilated, asymmetric padding", (2, 24, 11, 11), (40, 24, 3, 3), 2, (1, 0, 2, 1),
+     (2, 1), 1),
+    ("grouped 3x3", (2, 32, 9, 9), (32, 8, 3, 3), 1, "same", 1, 4),
+    ("1x1 gemm", (2, 64, 9, 9), (64, 64, 1, 1), 1, 0, 1, 1),
+    ("1x1 stride 2", (2, 16, 9, 9), (32, 16, 1, 1), 2, 0, 1, 1),
+    ("depthwise 3x3", (2, 32, 9, 9), (32, 1, 3, 3), 1, 1, 1, 32),
+    ("depthwise x2 5x5 stride 2", (2, 16, 11, 11), (32, 1, 5, 5), 2, 2, 1, 16),
+    ("unbatched, small image (one wgrad split)", (16, 4, 4), (32, 16, 3, 3), 1, 1, 1, 1),
+]
+
+# Shape-only (meta) problems of 2**31 elements or more: the INDEX_64 variants.
+HUGE_CASES = [
+    ("direct 3x3 stride 2, int64", "float16", "contiguous", (1, 64, 2**12, 2**13), (32, 64, 3, 3), 2, 1, 1, 1),
+    ("1x1 gemm, int64", "tf32", "channels_last", (1, 64, 2**12, 2**13), (64, 64, 1, 1), 1, 0, 1, 1),
+    ("depthwise x2, int64", "bfloat16", "channels_last", (1, 64, 2**12, 2**13), (128, 1, 3, 3), 1, 1, 1, 64),
+]
+
+
+def _tensor(shape, dtype, layout, device="cpu", requires_grad=False):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if layout == "channels_last" and len(shape) == 4:
+        t = t.to(memory_format=torch.channels_last)
+    return t.requires_grad_(requires_grad)
+
+
+def drive_public_paths(mcconv, backend):
+    """mcconv.conv2d, inference and autograd, over dtype modes x layouts x geometries.
+
+    Half of that product keeps the compile time in bounds: each geometry meets each dtype mode in
+    one layout and each layout in two modes. Activation and bias rotate so that each geometry and
+    each mode meet every activation, and each geometry every activation/bias pair.
+    """
+    global _context, _mode
+    residual_arg = "residual" in inspect.signature(mcconv.conv2d).parameters
+    for (m, mode), (l, layout), (g, geometry) in itertools.product(
+            enumerate(MODES), enumerate(LAYOUTS), enumerate(GEOMETRIES)):
+        if (g + m + l) % 2:
+            continue
+        dtype, tf32 = MODES[mode]
+        backend.conv_uses_tf32 = lambda tf32=tf32: tf32
+        _mode = mode
+        label, x_shape, w_shape, stride, padding, dilation, groups = geometry
+        activation = ACTIVATIONS[(g + m) % 4]
+        has_bias = (g // 2 + m) % 2 == 0
+        # The fused residual input, where this mcconv has one: a third of the cases.
+        residual = residual_arg and (g + 2 * m) % 3 == 0
+        for train in (False, True):
+            _context = (f"mcconv.conv2d {mode} {layout} {label}, activation={activation}, bias={has_bias}"
+                        f"{', residual' if residual else ''}{', forward + backward' if train else ''}")
+            x = _tensor(x_shape, dtype, layout, requires_grad=train)
+            w = _tensor(w_shape, dtype, "contiguous", requires_grad=train)
+            b = _tensor((w_shape[0],), dtype, "contiguous", requires_grad=train) if has_bias else None
+            extra = {}
+            if residual:  # any strides are accepted: the input's layout, or contiguous under another
+                out_shape = mcconv.explain(x, w, b, stride, padding, dilation, groups).output_shape
+                extra["residual"] = _tensor(out_shape, dtype, layout if train else "contiguous",
+                                            requires_grad=train)
+            with torch.set_grad_enabled(train):
+                y = mcconv.conv2d(x, w, b, stride, padding, dilation, groups, activation=activation, **extra)
+            if train:
+                y.backward(torch.empty_like(y))
+
+
+def drive_int64_paths(launch, backward, backend):
+    """The launchers on meta tensors of 2**31+ elements: forward (with the pre-activation store)
+    and every gradient, each with INDEX_64=True as the library decides it."""
+    global _context, _mode
+    for label, mode, layout, x_shape, w_shape, stride, padding, dilation, groups in HUGE_CASES:
+        dtype, tf32 = MODES[mode]
+        backend.conv_uses_tf32 = lambda tf32=tf32: tf32
+        _mode = mode
+        conv = (stride, padding, dilation, groups)
+        _context = f"{mode} {layout} {label}"
+        x = _tensor(x_shape, dtype, layout, device="meta")
+        w = _tensor(w_shape, dtype, "contiguous", device="meta")
+        b = _tensor((w_shape[0],), dtype, "contiguous", device="meta")
+        extra = {}
+        if "residual" in inspect.signature(launch.conv2d_forward).parameters:
+            extra["residual"] = _tensor(launch.explain(x, w, b, *conv).output_shape, dtype, layout, device="meta")
+        y, z = launch.conv2d_forward(x, w, b, *conv, activation="gelu", return_preact=True, **extra)
+        backward.conv2d_input_grad(y, w, x_shape, *conv)
+        backward.conv2d_weight_grad(y, x, w_shape, *conv)
+        backward.activation_bias_grad(y, z, "silu")
+        backward.activation_grad(y, y, "relu")
+        backward.conv2d_bias_grad(y)
+
+
+def collect(candidates: bool):
+    """Import mcconv with launches recorded, drive its launch paths, return the recorded launches."""
+    JITFunction.run = _recording_run
+    Autotuner.run = _autotuner_run
+    # The tile-table configs by default, whatever the caller's environment says.
+    os.environ["MCCONV_AUTOTUNE"] = "1" if candidates else "0"
+    import mcconv
+    from mcconv import _backend, _backward, _launch
+
+    if _backend.interpreted():
+        sys.exit("native_compile.py: mcconv's kernels were decorated by the interpreter")
+    # The launchers refuse CPU and meta tensors outside the interpreter; these launches never run.
+    _launch.check_runnable = lambda device: None
+    # An H100's tile tables (where the repository has them), as on the GPU.
+    _backend.device_name = lambda device: H100_NAME
+    drive_public_paths(mcconv, _backend)
+    drive_int64_paths(_launch, _backward, _backend)
+    return list(_launches)
+
+
+# ------------------------------------------------------------------------------- compiling
+
+def compile_launch(fn, args, kwargs):
+    """Compile one launch for sm_90 through triton's own launch path (warmup: compile only)."""
+    if kwargs.get("DOT_IN_FP32"):  # the launchers set it only under the interpreter (bf16 tl.dot)
+        raise RuntimeError("DOT_IN_FP32=True: an interpreter-only variant, not what a GPU launches")
+    kernel = _ORIGINAL_RUN(fn, *args, grid=(1,), warmup=True, **kwargs)
+    shared = getattr(kernel.metadata, "shared", 0)
+    if shared > SM90_MAX_SHARED:
+        raise RuntimeError(f"needs {shared} bytes of shared memory; sm_90 allows {SM90_MAX_SHARED}")
+
+
+def explain_error(err, max_lines=40) -> list:
+    """A compiler error as a short device-side traceback: each call site of the nested
+    CompilationErrors (function, line, code), then the innermost error's message."""
+    lines, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        src, node = getattr(err, "src", None), getattr(err, "node", None)
+        lineno = getattr(node, "lineno", None)
+        if src and lineno:  # triton's CompilationError: the jitted function's source and the failing node
+            name = re.search(r"def\s+(\w+)", src)
+            code = src.split("\n")[lineno - 1].strip() if lineno <= src.count("\n") + 1 else ""
+            lines.append(f"in {name.group(1) if name else '?'} (its line {lineno}): {code}")
+            message = getattr(err, "error_message", None)
+        else:
+            message = "".join(traceback.format_exception_only(type(err), err)).strip()
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None and message:
+            lines.extend(str(message).splitlines()[-max_lines:])
+        err = nxt
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th distinct variant from the I-th")
+    parser.add_argument("--candidates", action="store_true",
+                        help="also every autotuning candidate (MCCONV_AUTOTUNE=1): much slower")
+    parser.add_argument("--list", action="store_true", help="list the variants, compile nothing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each variant as it compiles")
+    opts = parser.parse_args(argv)
+    shard, shards = map(int, opts.shard.split("/"))
+
+    _driver.set_active(_CompileOnlyDriver())
+    start = time.perf_counter()
+    try:
+        launches = collect(opts.candidates)
+    except BaseException:
+        print(f"native_compile.py: the library failed while driving: {_context}", flush=True)
+        raise
+    distinct = {}
+    for key, fn, args, kwargs, context in launches:
+        distinct.setdefault(key, (fn, args, kwargs, context))
+    variants = list(distinct.values())
+    mine = variants[shard::shards]
+    print(f"triton {triton.__version__}: {len(launches)} launches, {len(variants)} distinct variants; "
+          f"shard {shard}/{shards} compiles {len(mine)} for sm_90 "
+          f"(collected in {time.perf_counter() - start:.1f} s)", flush=True)
+    if opts.list:
+        for fn, args, kwargs, context in mine:
+            print(describe(fn, args, kwargs) + f"\n    from: {context}")
+        return 0
+
+    failures = []
+    for fn, args, kwargs, context in mine:
+        t0 = time.perf_counter()
+        try:
+            compile_launch(fn, args, kwargs)
+        except Exception as err:  # noqa: BLE001 - report every failing variant, not just the first
+            failures.append(f"FAILED {describe(fn, args, kwargs)}\n    from: {context}\n"
+                            + "\n".join("    | " + line for line in explain_error(err)))
+            print(failures[-1], flush=True)
+            continue
+        if opts.verbose:
+            print(f"ok {time.perf_counter() - t0:5.2f}s {describe(fn, args, kwargs)}", flush=True)
+    print(f"{len(mine) - len(failures)} of {len(mine)} variants compiled for sm_90, {len(failures)} failed, "
+          f"in {time.perf_counter() - start:.1f} s", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
