@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _backward, _launch
-from ._validate import check_activation, check_residual, check_tensors, conv_geometry
+from ._validate import check_activation, check_residual, check_tensors, conv_geometry, output_size
 
 _NO_ACT = "none"  # the schema's spelling of activation=None
 
@@ -41,10 +41,8 @@ def _channels_last(t: Tensor) -> bool:
 
 def _empty_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
     """An output tensor laid out as the forward launcher lays it out (channels_last in -> out)."""
-    kh, kw = weight.shape[2], weight.shape[3]
-    h, w = input.shape[-2], input.shape[-1]
-    p = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    q = (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    p, q = output_size(input.shape[-2], input.shape[-1], weight.shape[2], weight.shape[3], padding, stride,
+                       dilation)
     if input.dim() == 3:
         return input.new_empty((weight.shape[0], p, q))
     fmt = torch.channels_last if _channels_last(input) else torch.contiguous_format

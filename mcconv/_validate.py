@@ -65,6 +65,19 @@ def pair(name: str, value) -> tuple[int, int]:
     raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
 
 
+def _check_optional_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+
+
+def _check_like_input(name: str, t: torch.Tensor, input: torch.Tensor) -> None:
+    """Every tensor argument runs in the input's dtype on the input's device."""
+    if t.dtype != input.dtype:
+        raise TypeError(f"{name}: expected the input's dtype {input.dtype}, got {t.dtype}")
+    if t.device != input.device:
+        raise TypeError(f"{name}: expected the input's device {input.device}, got {t.device}")
+
+
 def check_tensors(input, weight, bias) -> None:
     """Types, ranks, dtypes and devices of the tensor arguments."""
     for name, t in (("input", input), ("weight", weight)):
@@ -78,17 +91,10 @@ def check_tensors(input, weight, bias) -> None:
                          f"got {weight.dim()}-D with shape {tuple(weight.shape)}")
     if input.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input: expected dtype float16, bfloat16 or float32, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise TypeError(f"weight: expected the input's dtype {input.dtype}, got {weight.dtype}")
-    if weight.device != input.device:
-        raise TypeError(f"weight: expected the input's device {input.device}, got {weight.device}")
+    _check_like_input("weight", weight, input)
     if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
-        if bias.dtype != input.dtype:
-            raise TypeError(f"bias: expected the input's dtype {input.dtype}, got {bias.dtype}")
-        if bias.device != input.device:
-            raise TypeError(f"bias: expected the input's device {input.device}, got {bias.device}")
+        _check_optional_tensor("bias", bias)
+        _check_like_input("bias", bias, input)
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias: expected a 1-D tensor of {weight.shape[0]} elements (out_channels), "
                              f"got shape {tuple(bias.shape)}")
@@ -116,6 +122,12 @@ def _padding(padding, kernel, dilation, stride) -> tuple[int, int, int, int]:
     return pads
 
 
+def output_size(h, w, kh, kw, padding, stride, dilation) -> tuple:
+    """Output height and width; ``padding`` is (top, bottom, left, right)."""
+    return ((h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+            (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
 def conv_geometry(input_shape, weight_shape, stride, padding, dilation, groups) -> ConvGeometry:
     """Check the non-tensor arguments against the shapes and derive the output size."""
     if len(input_shape) == 3:
@@ -140,8 +152,7 @@ def conv_geometry(input_shape, weight_shape, stride, padding, dilation, groups) 
     if min(dilation) < 1:
         raise ValueError(f"dilation: expected values >= 1, got {dilation}")
     pads = _padding(padding, (kh, kw), dilation, stride)
-    p = (h + pads[0] + pads[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    q = (w + pads[2] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    p, q = output_size(h, w, kh, kw, pads, stride, dilation)
     if p < 1 or q < 1:
         raise ValueError(f"input: the output would be {p}x{q} (below 1x1) for a {h}x{w} input, "
                          f"{kh}x{kw} kernel, padding {pads} (top, bottom, left, right), "
@@ -152,12 +163,8 @@ def conv_geometry(input_shape, weight_shape, stride, padding, dilation, groups) 
 def check_residual(residual, input, output_shape) -> None:
     """The fused residual: a tensor of exactly the output's shape (no broadcasting), the input's
     dtype and device; any strides. ``input`` has passed :func:`check_tensors`."""
-    if not isinstance(residual, torch.Tensor):
-        raise TypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
-    if residual.dtype != input.dtype:
-        raise TypeError(f"residual: expected the input's dtype {input.dtype}, got {residual.dtype}")
-    if residual.device != input.device:
-        raise TypeError(f"residual: expected the input's device {input.device}, got {residual.device}")
+    _check_optional_tensor("residual", residual)
+    _check_like_input("residual", residual, input)
     if tuple(residual.shape) != tuple(output_shape):
         raise ValueError(f"residual: expected the output's shape {tuple(output_shape)} (no broadcasting), "
                          f"got {tuple(residual.shape)}")
