@@ -31,7 +31,7 @@ class Dispatch:
     memory_format: str  # "contiguous" or "channels_last"
     index_bits: int  # 32, or 64 when a tensor spans 2**31 elements or more
     dot_precision: str | None  # "ieee" or "tf32" for the tl.dot kernels, None for depthwise
-    packed_weight: bool = False  # the weight is read from a cached (KH, KW, C/g, K) copy (mcconv._pack)
+    packed_weight: bool = False  # the call packs the weight into a (KH, KW, C/g, K) copy first (mcconv._pack)
 
     def __str__(self) -> str:
         tiles = " ".join(f"{k}={v}" for k, v in self.config.items()) or "(autotuned)"

@@ -1,22 +1,21 @@
 """Weight packing for the direct kernel: (K, C/g, KH, KW) weights re-laid out as (KH, KW, C/g, K).
 
 A contiguous conv weight has neither of the direct kernel's weight-tile axes (reduction channel,
-output channel) at unit stride, so every weight tile is a strided gather. Packed, output
+output channel) at unit stride, so every weight tile would be a strided gather. Packed, output
 channels are contiguous (and Triton specialises that unit stride), so weight tiles load as
-vectors. The packed copy is cached against the weight's identity, storage and version counter,
-so inference packs once and training (in-place optimizer steps bump the version) repacks after
-each update. The kernel reads weights through strides: a packed weight is just a view with
-other strides, no kernel change.
+vectors. The kernel reads weights through strides: a packed weight is just a view with other
+strides, no kernel change.
+
+The copy is made in the call that uses it and never cached. A cache keyed on the weight's
+identity, storage and version counter went stale when a weight was written through ``.data``
+(which bumps no version counter) and returned the old weights' result; no key computable from a
+tensor's metadata can see every write, so none is kept.
 """
 import os
-import weakref
 
 import torch
 
 PACK_ENV = "MCCONV_PACK_WEIGHTS"
-
-# id(weight) -> (weakref to weight, data_ptr, version, packed view)
-_cache: dict = {}
 
 
 def enabled() -> bool:
@@ -35,23 +34,6 @@ def packed_strides(shape) -> tuple:
     return (1, k, kw * c * k, c * k)
 
 
-def _repack(weight: torch.Tensor) -> torch.Tensor:
-    return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
-
-
 def packed(weight: torch.Tensor) -> torch.Tensor:
-    """The packed view of ``weight`` (strides :func:`packed_strides`), cached while it is current."""
-    if weight.is_cuda and torch.cuda.is_current_stream_capturing():
-        return _repack(weight)  # inside a CUDA graph the copy must be captured, so it replays with the graph
-    try:
-        version = weight._version
-    except RuntimeError:  # inference tensors keep no version counter: nothing safe to cache against
-        return _repack(weight)
-    key = id(weight)
-    entry = _cache.get(key)
-    pointer = weight.data_ptr()
-    if entry is not None and entry[0]() is weight and entry[1] == pointer and entry[2] == version:
-        return entry[3]
-    result = _repack(weight)
-    _cache[key] = (weakref.ref(weight, lambda _ref, key=key: _cache.pop(key, None)), pointer, version, result)
-    return result
+    """A fresh packed copy of ``weight`` (strides :func:`packed_strides`), made from its current values."""
+    return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
