@@ -8,51 +8,17 @@ import triton.language as tl
 
 
 @triton.jit
-def apply_activation(x, ACTIVATION: tl.constexpr):
-    """Element-wise activation chosen at compile time ("none", "relu", "silu", "gelu")."""
-    if ACTIVATION == "relu":
-        x = tl.maximum(x, 0.0)
-    elif ACTIVATION == "silu":
-        x = x * tl.sigmoid(x)
-    elif ACTIVATION == "gelu":
-        # erf form, matching torch.nn.functional.gelu's default (approximate="none").
-        x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-    return x
-
-
-@triton.jit
-def activation_derivative(z, ACTIVATION: tl.constexpr):
-    """d act(z) / dz in fp32, the backward of :func:`apply_activation` ("none" gives 1).
-
-    For "relu" `z` may be the activation's output y instead: y > 0 exactly where z > 0, and
-    the derivative at 0 is 0, as in torch.
-    """
-    z = z.to(tl.float32)
-    if ACTIVATION == "relu":
-        d = tl.where(z > 0.0, 1.0, 0.0)
-    elif ACTIVATION == "silu":
-        s = tl.sigmoid(z)
-        d = s * (1.0 + z * (1.0 - s))
-    elif ACTIVATION == "gelu":
-        # d/dz [z * Phi(z)] = Phi(z) + z * phi(z), Phi/phi the standard normal cdf/pdf.
-        cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
-        pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
-        d = cdf + z * pdf
-    else:
-        d = tl.full(z.shape, 1.0, tl.float32)
-    return d
-
-
-@triton.jit
 def epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask, bias_ptr, offs_n, mask_n, r_ptr, r_offsets,
                    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
                    HAS_RESIDUAL: tl.constexpr):
-    """Bias along the output-channel axis (axis 1), residual, activation, cast to y's dtype, masked store.
+    """The forward kernels' epilogue: bias along the output-channel axis (axis 1), residual,
+    activation, cast to y's dtype, masked store.
 
     `acc` is a [BLOCK_M, BLOCK_N] fp32 tile whose columns are output channels `offs_n`.
     HAS_RESIDUAL adds the residual tile read at `r_ptr + r_offsets` (its own strides and dtype),
     in fp32 after the bias: y = act(acc + bias + residual), a ResNet block's tail. Without it
     `r_ptr` and `r_offsets` are never touched (callers pass any pointer and y's offsets).
+    ACTIVATION is a function of kernels/activations.py, or None.
     STORE_PREACT also stores the pre-activation z = acc + bias (+ residual) at the same offsets
     of `z_ptr` (silu's and gelu's backward need z, which y alone does not determine).
     """
@@ -64,8 +30,15 @@ def epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask, bias_ptr, offs_n, mask_n,
         acc = acc + residual.to(tl.float32)
     if STORE_PREACT:
         tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=mask)
-    acc = apply_activation(acc, ACTIVATION)
+    if ACTIVATION is not None:
+        acc = ACTIVATION(acc)
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def store_tile(acc, ptr, offsets, mask):
+    """The backward kernels' epilogue: cast an fp32 tile to the target's dtype and store it."""
+    tl.store(ptr + offsets, acc.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -151,13 +124,6 @@ def chunk_bounds(split, num_splits, size, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def dot_acc(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
-    """acc += a @ b with fp32 accumulation.
-
-    DOT_IN_FP32 upcasts the operands first: the launcher sets it under Triton's interpreter,
-    whose bf16 tl.dot returns wrong numbers without an error.
-    """
-    if DOT_IN_FP32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
+def dot_acc(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """acc += a @ b with fp32 accumulation ("tf32" or "ieee" for fp32 operands)."""
     return tl.dot(a, b, acc, input_precision=DOT_PRECISION)

@@ -11,13 +11,13 @@ split_sum_kernel (kernels/reduce.py) adds up in a fixed order, so the gradient i
 same on every run (no atomics). With SPLIT == 1 the tile goes straight to dW in its dtype.
 
 Both operands are gathered through strides as in the forward (padding is a load mask), so NCHW,
-NHWC and non-contiguous tensors need no copy. IS_1X1 (1x1 kernel, stride 1, no padding) drops
-the halo masks: X's rows are then just the output pixels.
+NHWC and non-contiguous tensors need no copy. IS_1X1 (1x1 kernel, stride 1, no padding; derived
+from the geometry by the launcher) drops the halo masks: X's rows are then just the output pixels.
 """
 import triton
 import triton.language as tl
 
-from .common import chunk_bounds, dot_acc, epilogue_store, grouped_tile_ids, pixel_count, split_pixels, tile_offsets
+from .common import chunk_bounds, dot_acc, grouped_tile_ids, pixel_count, split_pixels, store_tile, tile_offsets
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def conv2d_wgrad_kernel(
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
-    IS_1X1: tl.constexpr, INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    IS_1X1: tl.constexpr, INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (cdiv(K_PER_GROUP, BLOCK_M) * cdiv(C_PER_GROUP, BLOCK_N) * KH * KW, groups, SPLIT)."""
@@ -79,11 +79,9 @@ def conv2d_wgrad_kernel(
             x_ok = pixel_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x_rows = n * stride_xn + ih * stride_xh + iw * stride_xw
         b = tl.load(x_ptr + x_rows[:, None] + x_channel, mask=x_ok[:, None] & mask_c[None, :], other=0.0)
-        acc = dot_acc(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
+        acc = dot_acc(a, b, acc, DOT_PRECISION)
 
     out_k = group * K_PER_GROUP + offs_k
     dw_offsets = (split * stride_ds + kh * stride_dh + kw * stride_dw
                   + (out_k * stride_dk)[:, None] + (offs_c * stride_dc)[None, :])
-    # No bias, no activation: the epilogue only casts (fp32 partials, or dW's dtype) and stores.
-    epilogue_store(acc, dw_ptr, dw_ptr, dw_offsets, mask_k[:, None] & mask_c[None, :],
-                   dw_ptr, offs_c, mask_c, dw_ptr, dw_offsets, False, "none", False, False)
+    store_tile(acc, dw_ptr, dw_offsets, mask_k[:, None] & mask_c[None, :])  # fp32 partials, or dW's dtype

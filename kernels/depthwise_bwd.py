@@ -6,7 +6,7 @@ products on [pixels x channels] tiles, vectorised along pixels (NCHW) or channel
 
 depthwise_dgrad_kernel: dX[n, c, h, w] = sum_{j, kh, kw} dY[n, c*MULT + j, p, q] * W[c*MULT + j, kh, kw]
 with p = (h + pad_h - kh*dil_h) / stride_h when exact; rows are split by stride phase as in the
-implicit-GEMM dgrad (kernels/conv2d_igemm.py), so a tap is taken or skipped for a whole tile.
+implicit-GEMM dgrad (kernels/conv2d_dgrad.py), so a tap is taken or skipped for a whole tile.
 
 depthwise_wgrad_kernel: dW[k, kh, kw] = sum_{n, p, q} dY[n, k, p, q] * X[n, k // MULT, ih, iw], one
 tap per program, the pixels split over the SPLIT grid axis into fp32 partial sums that
@@ -15,7 +15,7 @@ split_sum_kernel combines in a fixed order (bitwise reproducible).
 import triton
 import triton.language as tl
 
-from .common import (chunk_bounds, epilogue_store, phase_extent, pixel_count, split_pixels, tile_offsets,
+from .common import (chunk_bounds, phase_extent, pixel_count, split_pixels, store_tile, tile_offsets,
                      transposed_tap)
 
 
@@ -67,8 +67,7 @@ def depthwise_dgrad_kernel(
     h = ih * stride_h + phase_h
     w = iw * stride_w + phase_w
     dx_offsets = (n * stride_dxn + h * stride_dxh + w * stride_dxw)[:, None] + (offs_c * stride_dxc)[None, :]
-    epilogue_store(acc, dx_ptr, dx_ptr, dx_offsets, mask_m[:, None] & mask_c[None, :],
-                   dx_ptr, offs_c, mask_c, dx_ptr, dx_offsets, False, "none", False, False)
+    store_tile(acc, dx_ptr, dx_offsets, mask_m[:, None] & mask_c[None, :])
 
 
 @triton.jit

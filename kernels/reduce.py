@@ -7,7 +7,7 @@ shares depend only on the shapes, so the same inputs give bitwise the same gradi
 import triton
 import triton.language as tl
 
-from .common import activation_derivative, chunk_bounds, pixel_count, split_pixels, tile_offsets
+from .common import chunk_bounds, pixel_count, split_pixels, tile_offsets
 
 
 @triton.jit
@@ -44,14 +44,15 @@ def bias_act_grad_kernel(
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
-    ACTIVATION: tl.constexpr, STORE_GRAD: tl.constexpr, REDUCE_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
+    ACTIVATION_GRAD: tl.constexpr, STORE_GRAD: tl.constexpr, REDUCE_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dL/dz = dL/dy * act'(saved) (STORE_GRAD) and/or its sum over n, p, q per channel (REDUCE_BIAS).
 
     Grid: (cdiv(K, BLOCK_N), SPLIT): each program walks its share of the N*P*Q pixels for
     BLOCK_N channels (the element-wise use takes SPLIT = cdiv(N*P*Q, BLOCK_M), one tile each).
-    With ACTIVATION "none" `saved_ptr` is not read and dL/dz is dL/dy.
+    ACTIVATION_GRAD is the derivative of kernels/activations.py that reads `saved` (y or z, as
+    the activation's definition says); with None `saved_ptr` is not read and dL/dz is dL/dy.
     """
     offs_k, mask_k = tile_offsets(tl.program_id(0), K, BLOCK_N, INDEX_64)
     split = tl.program_id(1)
@@ -67,10 +68,10 @@ def bias_act_grad_kernel(
         mask = (pixel < end)[:, None] & mask_k[None, :]
         g = tl.load(gy_ptr + (n * stride_gyn + p * stride_gyh + q * stride_gyw)[:, None]
                     + (offs_k * stride_gyk)[None, :], mask=mask, other=0.0).to(tl.float32)
-        if ACTIVATION != "none":
-            z = tl.load(saved_ptr + (n * stride_sn + p * stride_sh + q * stride_sw)[:, None]
-                        + (offs_k * stride_sk)[None, :], mask=mask, other=0.0)
-            g = g * activation_derivative(z, ACTIVATION)
+        if ACTIVATION_GRAD is not None:
+            saved = tl.load(saved_ptr + (n * stride_sn + p * stride_sh + q * stride_sw)[:, None]
+                            + (offs_k * stride_sk)[None, :], mask=mask, other=0.0)
+            g = g * ACTIVATION_GRAD(saved)
         if STORE_GRAD:
             tl.store(gz_ptr + (n * stride_gzn + p * stride_gzh + q * stride_gzw)[:, None]
                      + (offs_k * stride_gzk)[None, :], g.to(gz_ptr.dtype.element_ty), mask=mask)

@@ -1,6 +1,6 @@
 """``python -m mcconv demo``: same as the ``mcconv`` console script."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 Shapes follow the text: no batch axis, X is ``c_i x h x w`` and the kernel ``c_i x k_h x k_w``
 (one output channel) or ``c_o x c_i x k_h x k_w``.
 """
-from ._launch import conv2d_forward
+from .ops import conv2d_forward
 
 
 def _expect_dims(name: str, t, dims: int, layout: str) -> None:

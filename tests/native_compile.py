@@ -3,12 +3,14 @@
 Triton's interpreter, which runs the test suite on CPU-only machines, accepts code that the
 real compiler rejects (tl.dot tiles under 16, mixed dtypes, loop-carried type changes). This
 script drives mcconv's own launch paths -- ``mcconv.conv2d`` forward and autograd backward, and
-the launchers of :mod:`mcconv._backward` -- on small CPU tensors and on shape-only ``meta``
-tensors (for the int64-offset variants), with ``JITFunction.run`` replaced by a recorder. Each
+the launchers of :mod:`mcconv.ops` -- on small CPU tensors and on shape-only ``meta`` tensors
+(for the int64-offset variants), with ``JITFunction.run`` replaced by a recorder. Each
 distinct launch is then compiled by Triton's own ``JITFunction.run(..., warmup=True)`` against a
 stand-in driver that reports an sm_90 target, so the specialisation (pointer dtypes, ints equal
 to 1 turned into constants, divisibility), constexprs and num_warps/num_stages are exactly
-those of a launch on the GPU. ptxas ships in the triton wheel; no CUDA driver is needed.
+those of a launch on the GPU (the H100's SM count and tile tables included). ptxas ships in the
+triton wheel; no CUDA driver is needed. Every kernel declared in ``mcconv.registry`` must be
+launched by some driven call: a new kernel without a case here fails the check.
 
 Run by tests/test_native_compile.py, but usable by hand::
 
@@ -19,14 +21,11 @@ TRITON_INTERPRET must be unset (the kernels must be decorated as JITFunctions). 
 argument types), 77 with a "SKIP: reason" line when this triton cannot compile for NVIDIA.
 A kernel that compiles but needs more shared memory than an H100 block may have counts as failed.
 
-Not exercised: the GPU's own split counts of the split reductions (they follow the SM count;
-here the CPU rule picks them -- only integer arguments differ, and both SPLIT == 1 and > 1 are
-covered) and, by default, the autotuning candidates: ``--candidates`` compiles each of them once
+Not exercised by default: the autotuning candidates: ``--candidates`` compiles each of them once
 per tile table and dtype mode (several minutes; triton's autotuner and ``mcconv tune`` skip the
 candidates that run out of shared memory, which this reports as failures).
 """
 import argparse
-import inspect
 import itertools
 import os
 import re
@@ -71,6 +70,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 H100_NAME = "NVIDIA_H100_80GB_HBM3"  # torch's device name, spaces as underscores (tile-table file name)
+H100_SMS = 132
 
 
 class _CompileOnlyDriver:
@@ -158,7 +158,10 @@ MODES = {  # name -> (dtype, whether fp32 convolutions use TF32)
     "tf32": (torch.float32, True),
     "float32": (torch.float32, False),  # ieee tl.dot
 }
-ACTIVATIONS = (None, "relu", "silu", "gelu")
+def _activations():
+    from mcconv import ACTIVATIONS
+
+    return (None, *ACTIVATIONS)
 LAYOUTS = ("contiguous", "channels_last")
 
 # (label, input shape, weight shape, stride, padding, dilation, groups). Channel counts of 64
@@ -198,19 +201,18 @@ def drive_public_paths(mcconv, backend):
     each mode meet every activation, and each geometry every activation/bias pair.
     """
     global _context, _mode
-    residual_arg = "residual" in inspect.signature(mcconv.conv2d).parameters
     for (m, mode), (l, layout), (g, geometry) in itertools.product(
             enumerate(MODES), enumerate(LAYOUTS), enumerate(GEOMETRIES)):
         if (g + m + l) % 2:
             continue
         dtype, tf32 = MODES[mode]
-        backend.conv_uses_tf32 = lambda tf32=tf32: tf32
+        backend.uses_tf32 = lambda dtype, device, tf32=tf32: tf32 and dtype == torch.float32
         _mode = mode
         label, x_shape, w_shape, stride, padding, dilation, groups = geometry
-        activation = ACTIVATIONS[(g + m) % 4]
+        activations = _activations()
+        activation = activations[(g + m) % len(activations)]
         has_bias = (g // 2 + m) % 2 == 0
-        # The fused residual input, where this mcconv has one: a third of the cases.
-        residual = residual_arg and (g + 2 * m) % 3 == 0
+        residual = (g + 2 * m) % 3 == 0  # the fused residual input: a third of the cases
         for train in (False, True):
             _context = (f"mcconv.conv2d {mode} {layout} {label}, activation={activation}, bias={has_bias}"
                         f"{', residual' if residual else ''}{', forward + backward' if train else ''}")
@@ -228,28 +230,26 @@ def drive_public_paths(mcconv, backend):
                 y.backward(torch.empty_like(y))
 
 
-def drive_int64_paths(launch, backward, backend):
+def drive_int64_paths(mcconv, ops, backend):
     """The launchers on meta tensors of 2**31+ elements: forward (with the pre-activation store)
     and every gradient, each with INDEX_64=True as the library decides it."""
     global _context, _mode
     for label, mode, layout, x_shape, w_shape, stride, padding, dilation, groups in HUGE_CASES:
         dtype, tf32 = MODES[mode]
-        backend.conv_uses_tf32 = lambda tf32=tf32: tf32
+        backend.uses_tf32 = lambda dtype, device, tf32=tf32: tf32 and dtype == torch.float32
         _mode = mode
         conv = (stride, padding, dilation, groups)
         _context = f"{mode} {layout} {label}"
         x = _tensor(x_shape, dtype, layout, device="meta")
         w = _tensor(w_shape, dtype, "contiguous", device="meta")
         b = _tensor((w_shape[0],), dtype, "contiguous", device="meta")
-        extra = {}
-        if "residual" in inspect.signature(launch.conv2d_forward).parameters:
-            extra["residual"] = _tensor(launch.explain(x, w, b, *conv).output_shape, dtype, layout, device="meta")
-        y, z = launch.conv2d_forward(x, w, b, *conv, activation="gelu", return_preact=True, **extra)
-        backward.conv2d_input_grad(y, w, x_shape, *conv)
-        backward.conv2d_weight_grad(y, x, w_shape, *conv)
-        backward.activation_bias_grad(y, z, "silu")
-        backward.activation_grad(y, y, "relu")
-        backward.conv2d_bias_grad(y)
+        residual = _tensor(mcconv.explain(x, w, b, *conv).output_shape, dtype, layout, device="meta")
+        y, z = ops.conv2d_forward(x, w, b, *conv, activation="gelu", residual=residual, return_preact=True)
+        ops.conv2d_input_grad(y, w, x_shape, *conv)
+        ops.conv2d_weight_grad(y, x, w_shape, *conv)
+        ops.activation_bias_grad(y, z, "silu")
+        ops.activation_grad(y, y, "relu")
+        ops.conv2d_bias_grad(y)
 
 
 def collect(candidates: bool):
@@ -259,25 +259,32 @@ def collect(candidates: bool):
     # The tile-table configs by default, whatever the caller's environment says.
     os.environ["MCCONV_AUTOTUNE"] = "1" if candidates else "0"
     import mcconv
-    from mcconv import _backend, _backward, _launch
+    from mcconv import _backend, ops
 
     if _backend.interpreted():
         sys.exit("native_compile.py: mcconv's kernels were decorated by the interpreter")
     # The launchers refuse CPU and meta tensors outside the interpreter; these launches never run.
-    _launch.check_runnable = lambda device: None
-    # An H100's tile tables (where the repository has them), as on the GPU.
+    _backend.check_runnable = lambda device: None
+    # An H100's tile tables (where the repository has them) and split rule, as on the GPU.
     _backend.device_name = lambda device: H100_NAME
+    _backend.sm_count = lambda device: H100_SMS
     drive_public_paths(mcconv, _backend)
-    drive_int64_paths(_launch, _backward, _backend)
+    drive_int64_paths(mcconv, ops, _backend)
     return list(_launches)
+
+
+def unlaunched_kernels(launches) -> list:
+    """Kernels declared in mcconv.registry that no driven call launched."""
+    from mcconv import registry
+
+    launched = {key[0] for key, *_ in launches}
+    return sorted(k.name for k in registry.KERNELS.values() if k.jit().__name__ not in launched)
 
 
 # ------------------------------------------------------------------------------- compiling
 
 def compile_launch(fn, args, kwargs):
     """Compile one launch for sm_90 through triton's own launch path (warmup: compile only)."""
-    if kwargs.get("DOT_IN_FP32"):  # the launchers set it only under the interpreter (bf16 tl.dot)
-        raise RuntimeError("DOT_IN_FP32=True: an interpreter-only variant, not what a GPU launches")
     kernel = _ORIGINAL_RUN(fn, *args, grid=(1,), warmup=True, **kwargs)
     shared = getattr(kernel.metadata, "shared", 0)
     if shared > SM90_MAX_SHARED:
@@ -323,6 +330,10 @@ def main(argv=None) -> int:
     except BaseException:
         print(f"native_compile.py: the library failed while driving: {_context}", flush=True)
         raise
+    missing = unlaunched_kernels(launches)
+    if missing:
+        print(f"FAILED coverage: no driven call launches the declared kernel(s) {missing}; add a case", flush=True)
+        return 1
     distinct = {}
     for key, fn, args, kwargs, context in launches:
         distinct.setdefault(key, (fn, args, kwargs, context))

@@ -4,12 +4,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mcconv import ACTIVATIONS
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
 # On the CPU the suite runs through Triton's interpreter, whose bf16 tl.dot mcconv avoids.
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
 
-_ACTIVATIONS = {None: lambda y: y, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
 
 
 def reference_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
@@ -22,7 +23,7 @@ def reference_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, ac
     y = F.conv2d(x.detach().double().cpu(), w.detach().double().cpu(),
                  None if b is None else b.detach().double().cpu(),
                  stride=stride, padding=pad, dilation=dilation, groups=groups)
-    return _ACTIVATIONS[activation](y)
+    return y if activation is None else ACTIVATIONS[activation].reference(y)
 
 
 def unit_roundoff(dtype: torch.dtype, device: str = DEVICE) -> float:

@@ -197,8 +197,8 @@ def test_bad_arguments_raise_before_the_op(kwargs, error, argument, monkeypatch)
     x = torch.randn(1, 4, 5, 5, device=DEVICE, requires_grad=True)
     w = torch.randn(4, 4, 3, 3, device=DEVICE, requires_grad=True)
     mcconv.conv2d(x, w, padding=1)  # a cached valid call of the same shapes must not skip checks
-    monkeypatch.setattr(mcconv._op, "conv2d_op", None)  # reaching the op would fail differently
-    monkeypatch.setattr(mcconv._op, "conv2d_preact_op", None)
+    monkeypatch.setattr(mcconv._autograd, "conv2d_op", None)  # reaching the op would fail differently
+    monkeypatch.setattr(mcconv._autograd, "conv2d_preact_op", None)
     with pytest.raises(error, match=argument):
         mcconv.conv2d(x, w, **kwargs)
 

@@ -1,4 +1,4 @@
-"""Backward kernels through their launchers (mcconv._backward), against float64 torch autograd.
+"""Backward kernels through their launchers (mcconv.ops), against float64 torch autograd.
 
 Input, weight and bias gradients over an option grid (stride, padding incl. "same" and
 asymmetric, dilation, groups, depthwise, 1x1), memory layouts and dtypes; the activations'
@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mcconv import _backward, _launch
-from mcconv._validate import conv_geometry
+import mcconv
+from mcconv import ACTIVATIONS, ConvSpec, _plan, ops
+from mcconv.epilogue import activation as get_activation
 from reference import DEVICE, DTYPES, assert_conv_close
-
-ACT_FNS = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}
 
 
 def _pad_args(padding):
@@ -38,7 +37,7 @@ def reference_grads(x, w, grad_z, stride, padding, dilation, groups):
 
 
 def output_shape(x_shape, w_shape, stride, padding, dilation, groups):
-    return conv_geometry(tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups).output_shape
+    return ConvSpec.from_shapes(x_shape, w_shape, stride, padding, dilation, groups).output_shape
 
 
 def make(shape, dtype, layout):
@@ -58,24 +57,22 @@ def check_grads(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, dty
     x = make(x_shape, dtype, layout)
     w = make(w_shape, dtype, weight_layout or "contiguous")
     z_shape = output_shape(x_shape, w_shape, stride, padding, dilation, groups)
-    if len(x_shape) == 3:
-        z_shape = z_shape[1:]
     gz = make(z_shape, dtype, layout)
     ref_dx, ref_dw, ref_db = reference_grads(x, w, gz, stride, padding, dilation, groups)
 
-    dx = _backward.conv2d_input_grad(gz, w, x.shape, stride, padding, dilation, groups)
+    dx = ops.conv2d_input_grad(gz, w, x.shape, stride, padding, dilation, groups)
     assert dx.shape == x.shape and dx.dtype == dtype
     if layout == "channels_last" and gz.dim() == 4:
         assert dx.is_contiguous(memory_format=torch.channels_last)
     k, c_per_group, kh, kw = w_shape
     assert_conv_close(dx, ref_dx, dtype, reduction_length=(k // groups) * kh * kw)
 
-    dw = _backward.conv2d_weight_grad(gz, x, w.shape, stride, padding, dilation, groups)
+    dw = ops.conv2d_weight_grad(gz, x, w.shape, stride, padding, dilation, groups)
     assert dw.shape == w.shape and dw.dtype == dtype
     pixels = gz.numel() // k
     assert_conv_close(dw, ref_dw, dtype, reduction_length=pixels)
 
-    db = _backward.conv2d_bias_grad(gz)
+    db = ops.conv2d_bias_grad(gz)
     assert db.shape == (k,) and db.dtype == dtype
     assert_conv_close(db, ref_db, dtype, reduction_length=pixels)
 
@@ -130,46 +127,40 @@ def test_empty_batch():
     x = torch.randn(0, 3, 5, 5, device=DEVICE)
     w = torch.randn(4, 3, 3, 3, device=DEVICE)
     gz = torch.randn(0, 4, 3, 3, device=DEVICE)
-    assert _backward.conv2d_input_grad(gz, w, x.shape).shape == x.shape
-    assert torch.equal(_backward.conv2d_weight_grad(gz, x, w.shape), torch.zeros_like(w))
-    assert torch.equal(_backward.conv2d_bias_grad(gz), torch.zeros(4, device=DEVICE))
+    assert ops.conv2d_input_grad(gz, w, x.shape).shape == x.shape
+    assert torch.equal(ops.conv2d_weight_grad(gz, x, w.shape), torch.zeros_like(w))
+    assert torch.equal(ops.conv2d_bias_grad(gz), torch.zeros(4, device=DEVICE))
 
 
 def test_int64_offsets(monkeypatch):
     """The INDEX_64 variants compute the same gradients (forced by lowering the limit)."""
-    monkeypatch.setattr(_launch, "_INT32_LIMIT", 1)
-    monkeypatch.setattr(_backward, "_plans", {})
+    monkeypatch.setattr(_plan, "INT32_LIMIT", 1)
+    monkeypatch.setattr(_plan, "_plans", {})
     for name in ("stride2", "depthwise-mult2", "1x1"):
         check_grads(*GEOMETRIES[name])
-    plan = next(iter(_backward._plans.values()))
-    assert plan.dispatch.index_bits == 64
+    assert {plan.dispatch.index_bits for plan in _plan._plans.values()} == {64}
 
 
 def test_int64_chosen_for_huge_tensors():
-    # Plans only (no launch): a 2**31-element input gradient needs 64-bit offsets.
-    plan = _backward._dgrad_plan((1, 64, 8192, 4096), (64 * 8192 * 4096, 8192 * 4096, 4096, 1), (64, 64, 1, 1),
-                                 (64, 1, 1, 1), (1, 64, 8192, 4096), torch.float16, False, 1, 0, 1, 1, False,
-                                 torch.device("cpu"), None)
-    assert plan.dispatch.index_bits == 64 and plan.dispatch.kernel == "conv_dgrad"
+    # Plans only (meta tensors, no launch): a 2**31-element input gradient needs 64-bit offsets.
+    gz = torch.empty(1, 64, 8192, 4096, dtype=torch.float16, device="meta")
+    w = torch.empty(64, 64, 1, 1, dtype=torch.float16, device="meta")
+    plan = ops.input_grad.plan(gz, w, (1, 64, 8192, 4096))
+    assert plan.dispatch.index_bits == 64 and plan.dispatch.kernel == "gemm_1x1_dgrad"
 
 
 def test_dispatch_names():
     def kernels(x_shape, w_shape, stride, padding, dilation, groups):
-        z = output_shape(x_shape, w_shape, stride, padding, dilation, groups)
-        zs = torch.empty(z).stride()
-        ws = torch.empty(w_shape).stride()
-        xs = torch.empty(x_shape).stride()
-        cpu = torch.device("cpu")
-        d = _backward._dgrad_plan(z, zs, w_shape, ws, x_shape, torch.float32, False, stride, padding, dilation,
-                                  groups, False, cpu, None)
-        w = _backward._wgrad_plan(z, zs, x_shape, xs, w_shape, torch.float32, stride, padding, dilation, groups,
-                                  False, cpu, None)
-        return d.dispatch.kernel, w.dispatch.kernel, d.meta.get("IS_1X1")
+        x = torch.empty(x_shape, device="meta")
+        w = torch.empty(w_shape, device="meta")
+        found = mcconv.plans(x, w, None, stride, padding, dilation, groups, direction="backward")
+        wgrad = next(p for p in found if p.kernel.operation == "weight_grad")
+        return tuple(p.kernel.name for p in found), wgrad.meta["IS_1X1"] if "IS_1X1" in wgrad.meta else None
 
-    assert kernels(*GEOMETRIES["3x3"]) == ("conv_dgrad", "conv_wgrad", False)
-    assert kernels(*GEOMETRIES["1x1"]) == ("conv_dgrad", "conv_wgrad", True)
-    assert kernels(*GEOMETRIES["1x1-stride2"])[2] is False
-    assert kernels(*GEOMETRIES["depthwise-mult2"])[:2] == ("depthwise_dgrad", "depthwise_wgrad")
+    assert kernels(*GEOMETRIES["3x3"]) == (("conv_dgrad", "conv_wgrad"), False)
+    assert kernels(*GEOMETRIES["1x1"]) == (("gemm_1x1_dgrad", "conv_wgrad"), True)
+    assert kernels(*GEOMETRIES["1x1-stride2"]) == (("conv_dgrad", "conv_wgrad"), False)
+    assert kernels(*GEOMETRIES["depthwise-mult2"])[0] == ("depthwise_dgrad", "depthwise_wgrad")
 
 
 # ---------------------------------------------------------------------------------- determinism
@@ -180,8 +171,8 @@ def test_bitwise_reproducible(name):
     x = torch.randn(x_shape, device=DEVICE)
     w = torch.randn(w_shape, device=DEVICE)
     gz = torch.randn(output_shape(x_shape, w_shape, *opts), device=DEVICE)
-    runs = [(_backward.conv2d_input_grad(gz, w, x.shape, *opts), _backward.conv2d_weight_grad(gz, x, w.shape, *opts),
-             _backward.conv2d_bias_grad(gz)) for _ in range(3)]
+    runs = [(ops.conv2d_input_grad(gz, w, x.shape, *opts), ops.conv2d_weight_grad(gz, x, w.shape, *opts),
+             ops.conv2d_bias_grad(gz)) for _ in range(3)]
     for later in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], later))
 
@@ -190,20 +181,20 @@ def test_bitwise_reproducible(name):
 @pytest.mark.parametrize("name", ["3x3", "depthwise-mult2", "1x1"])
 def test_split_reduction(monkeypatch, name, split):
     """Any split count gives the right sum, bitwise the same on every run."""
-    monkeypatch.setattr(_backward, "_split_count", lambda tiles, steps, device: split)
-    monkeypatch.setattr(_backward, "_plans", {})
+    monkeypatch.setattr(_plan, "split_count", lambda tiles, steps, sm_count: split)
+    monkeypatch.setattr(_plan, "_plans", {})
     x_shape, w_shape, *opts = GEOMETRIES[name]
     x = torch.randn(x_shape, device=DEVICE)
     w = torch.randn(w_shape, device=DEVICE)
     gz = torch.randn(output_shape(x_shape, w_shape, *opts), device=DEVICE)
     _, ref_dw, ref_db = reference_grads(x, w, gz, *opts)
-    dw = _backward.conv2d_weight_grad(gz, x, w.shape, *opts)
-    db = _backward.conv2d_bias_grad(gz)
-    assert {p.split for p in _backward._plans.values()} == {split}
+    dw = ops.conv2d_weight_grad(gz, x, w.shape, *opts)
+    db = ops.conv2d_bias_grad(gz)
+    assert {p.split for p in _plan._plans.values()} == {split}
     assert_conv_close(dw, ref_dw, torch.float32, reduction_length=gz.numel() // w_shape[0])
     assert_conv_close(db, ref_db, torch.float32, reduction_length=gz.numel() // w_shape[0])
-    assert torch.equal(dw, _backward.conv2d_weight_grad(gz, x, w.shape, *opts))
-    assert torch.equal(db, _backward.conv2d_bias_grad(gz))
+    assert torch.equal(dw, ops.conv2d_weight_grad(gz, x, w.shape, *opts))
+    assert torch.equal(db, ops.conv2d_bias_grad(gz))
 
 
 # ---------------------------------------------------------------------------------- activations
@@ -215,10 +206,11 @@ def test_activation_grad(activation, dtype):
     z[0, 0, 0, :3] = 0.0  # relu's derivative at 0 is 0, as in torch
     gy = torch.randn(2, 5, 4, 6, device=DEVICE).to(dtype)
     z64 = z.double().cpu().requires_grad_()
-    y64 = ACT_FNS[activation](z64)
+    act = ACTIVATIONS[activation]
+    y64 = act.reference(z64)
     y64.backward(gy.double().cpu())
-    saved = ACT_FNS[activation](z) if not _backward.needs_preact(activation) else z
-    gz = _backward.activation_grad(gy, saved, activation)
+    saved = z if act.needs_preact else act.reference(z)
+    gz = ops.activation_grad(gy, saved, activation)
     assert gz.dtype == dtype and gz.shape == gy.shape
     assert_conv_close(gz, z64.grad, dtype, reduction_length=16)
 
@@ -228,8 +220,8 @@ def test_activation_bias_grad_fused(activation):
     z = torch.randn(2, 6, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
     gy = torch.randn(2, 6, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
     saved = z if activation != "relu" else F.relu(z)
-    gz, gb = _backward.activation_bias_grad(gy, saved if activation else None, activation)
-    expected = _backward.activation_grad(gy, saved, activation)
+    gz, gb = ops.activation_bias_grad(gy, saved if activation else None, activation)
+    expected = ops.activation_grad(gy, saved, activation)
     assert gz.is_contiguous(memory_format=torch.channels_last) or activation is None
     torch.testing.assert_close(gz, expected, rtol=0, atol=0)
     assert_conv_close(gb, expected.double().sum(dim=(0, 2, 3)), torch.float32, reduction_length=50)
@@ -237,18 +229,19 @@ def test_activation_bias_grad_fused(activation):
 
 def test_activation_grad_none_and_strided():
     gy = torch.randn(2, 3, 4, 10, device=DEVICE)[..., ::2]
-    assert _backward.activation_grad(gy, None, None) is gy
+    assert ops.activation_grad(gy, None, None) is gy
     z = torch.randn(3, 4, 5, device=DEVICE)  # unbatched, strided grad
-    gz = _backward.activation_grad(gy[0], z, "silu")
+    gz = ops.activation_grad(gy[0], z, "silu")
     z64 = z.double().cpu().requires_grad_()
     F.silu(z64).backward(gy[0].double().cpu())
     assert_conv_close(gz, z64.grad, torch.float32, reduction_length=16)
 
 
 def test_needs_preact():
-    assert [_backward.needs_preact(a) for a in (None, "relu", "silu", "gelu")] == [False, False, True, True]
+    assert [ACTIVATIONS[a].needs_preact for a in ("relu", "silu", "gelu")] == [False, True, True]
+    assert get_activation(None) is None and get_activation("none") is None
     with pytest.raises(ValueError, match="^activation:"):
-        _backward.needs_preact("tanh")
+        get_activation("tanh")
 
 
 @pytest.mark.parametrize("name", ["stride2", "depthwise-mult2", "1x1"])
@@ -259,7 +252,7 @@ def test_forward_return_preact(name, activation):
     x = torch.randn(x_shape, device=DEVICE)
     w = torch.randn(w_shape, device=DEVICE)
     b = torch.randn(w_shape[0], device=DEVICE)
-    y, z = _launch.conv2d_forward(x, w, b, *opts, activation=activation, return_preact=True)
+    y, z = ops.conv2d_forward(x, w, b, *opts, activation=activation, return_preact=True)
     if activation is None:
         assert z is y
     pad, conv_pad = _pad_args(opts[1])
@@ -267,8 +260,8 @@ def test_forward_return_preact(name, activation):
                      *opts[2:])
     k, c_per_group, kh, kw = w_shape
     assert_conv_close(z, ref_z, torch.float32, reduction_length=c_per_group * kh * kw)
-    torch.testing.assert_close(y, ACT_FNS[activation](z) if activation else z, rtol=1e-6, atol=1e-6)
-    assert torch.equal(y, _launch.conv2d_forward(x, w, b, *opts, activation=activation))
+    torch.testing.assert_close(y, ACTIVATIONS[activation].reference(z) if activation else z, rtol=1e-6, atol=1e-6)
+    assert torch.equal(y, ops.conv2d_forward(x, w, b, *opts, activation=activation))
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -278,21 +271,21 @@ def test_errors():
     w = torch.randn(3, 4, 3, 3, device=DEVICE)
     gz = torch.randn(1, 3, 4, 4, device=DEVICE)
     with pytest.raises(ValueError, match="^grad_z: expected the convolution's output shape"):
-        _backward.conv2d_input_grad(gz, w, (1, 4, 7, 7))
+        ops.conv2d_input_grad(gz, w, (1, 4, 7, 7))
     with pytest.raises(TypeError, match="^weight: expected grad_z's dtype"):
-        _backward.conv2d_input_grad(gz, w.half(), x.shape)
+        ops.conv2d_input_grad(gz, w.half(), x.shape)
     with pytest.raises(TypeError, match="^grad_z: expected input's dtype"):
-        _backward.conv2d_weight_grad(gz.half(), x, w.shape)
+        ops.conv2d_weight_grad(gz.half(), x, w.shape)
     with pytest.raises(ValueError, match="^groups:"):
-        _backward.conv2d_weight_grad(gz, x, w.shape, groups=3)
+        ops.conv2d_weight_grad(gz, x, w.shape, groups=3)
     with pytest.raises(ValueError, match="^padding:"):
-        _backward.conv2d_input_grad(gz, w, x.shape, stride=2, padding="same")
+        ops.conv2d_input_grad(gz, w, x.shape, stride=2, padding="same")
     with pytest.raises(ValueError, match="^activation:"):
-        _backward.activation_grad(gz, gz, "tanh")
+        ops.activation_grad(gz, gz, "tanh")
     with pytest.raises(ValueError, match="^saved:"):
-        _backward.activation_grad(gz, None, "gelu")
+        ops.activation_grad(gz, None, "gelu")
     with pytest.raises(ValueError, match="^grad_z: expected a 3-D or 4-D"):
-        _backward.conv2d_bias_grad(gz[0, 0])
+        ops.conv2d_bias_grad(gz[0, 0])
 
 
 @pytest.mark.gpu

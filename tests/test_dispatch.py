@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import mcconv
-from mcconv import _config
+from mcconv import tiles
 from reference import DEVICE, assert_conv_close, reference_conv2d
 
 
@@ -59,12 +59,12 @@ def test_config_is_the_default_fitted_to_the_problem(x_shape, w_shape, options):
     """Without a tile table (CPU, or an untuned GPU) the default, with blocks capped by the problem."""
     dispatch = mcconv.explain(meta(*x_shape), meta(*w_shape), device_name="No_Such_GPU", **options)
     assert dispatch.config_source == "heuristic default"
-    default = _config.kernel_spec(dispatch.kernel)["default"]
+    default = tiles.kernel_spec(dispatch.kernel)["default"]
     assert set(dispatch.config) == set(default)
     for name, value in dispatch.config.items():
         assert value <= default[name]
         if name.startswith("BLOCK_"):
-            assert value >= _config.MIN_BLOCK and value & (value - 1) == 0
+            assert value >= tiles.MIN_BLOCK and value & (value - 1) == 0
     assert dispatch.config["BLOCK_N"] <= 32  # 24 or 19 output channels (per group)
 
 
@@ -105,11 +105,17 @@ def conv_fp32_precision():
 
 @pytest.mark.parametrize("precision, expected", [("ieee", "ieee"), ("tf32", "tf32"), ("none", "ieee")])
 def test_dot_precision_follows_torch_conv_setting(conv_fp32_precision, precision, expected):
+    """On the GPU (and when planning for one, on meta tensors) fp32 dots follow torch's setting;
+    on the CPU (the interpreter) TF32 does not exist and they are IEEE."""
     conv_fp32_precision.fp32_precision = precision
     x, w = torch.randn(2, 5, 9, 7).to(DEVICE), torch.randn(7, 5, 3, 3).to(DEVICE)
-    assert mcconv.explain(x, w).dot_precision == expected
-    assert mcconv.explain(x[:, :, :, :1], w[:, :, :1, :1]).dot_precision == expected  # gemm_1x1
-    assert mcconv.explain(x, w[:5, :1], groups=5).dot_precision is None  # depthwise: no tl.dot
+    here = expected if DEVICE == "cuda" else "ieee"
+    for xs, ws in ((x, w), (x.to("meta"), w.to("meta"))):
+        want = here if xs.device.type != "meta" else expected
+        assert mcconv.explain(xs, ws).dot_precision == want
+        assert mcconv.explain(xs[:, :, :, :1], ws[:, :, :1, :1]).dot_precision == want  # gemm_1x1
+        assert mcconv.explain(xs, ws[:5, :1], groups=5).dot_precision is None  # depthwise: no tl.dot
+    assert mcconv.explain(x.half(), w.half()).dot_precision is None  # TF32 is an fp32 matter
     # On a GPU this is the check that "ieee" really is IEEE: TF32 would miss the fp32 tolerance.
     assert_conv_close(mcconv.conv2d(x, w), reference_conv2d(x, w), torch.float32, 5 * 3 * 3)
 

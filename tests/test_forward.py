@@ -235,10 +235,10 @@ def test_reference_tells_correlation_from_convolution():
 @pytest.mark.parametrize("kind", KINDS)
 def test_int64_offsets_on_small_tensors(kind, monkeypatch):
     """The int64-offset variant of each kernel, forced on small tensors (cheap on any device)."""
-    from mcconv import _launch
+    from mcconv import _plan
 
-    monkeypatch.setattr(_launch, "_INT32_LIMIT", 1)
-    monkeypatch.setattr(_launch, "_plans", {})  # plans built under the real limit must not be reused
+    monkeypatch.setattr(_plan, "INT32_LIMIT", 1)
+    monkeypatch.setattr(_plan, "_plans", {})  # plans built under the real limit must not be reused
     case = KINDS[kind]
     x, w, b = make_inputs(case, torch.float32)
     assert mcconv.explain(x, w, b, **case.options()).index_bits == 64

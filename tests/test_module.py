@@ -94,11 +94,13 @@ def test_convert_swaps_plain_conv2d_and_reports_the_rest():
     model.train(False)
     model[0].register_forward_hook(lambda mod, inp, out: out * 1)  # hooks survive conversion
 
-    converted, report = mcconv.convert(model)
-    assert converted is model
+    converted = mcconv.convert(model)
+    assert converted is model  # as PyTorch's converters: model = mcconv.convert(model)
+    report = mcconv.conversion_report(model)
     assert report.swapped == 3 and report.converted == ["0", "2.0", "2.1"]
     assert list(report.left_alone) == ["4"] and "_ScaledConv" in report.left_alone["4"]
-    assert "3 Conv2d layer(s) swapped" in str(report)
+    assert "3 Conv2d layer(s) run on mcconv" in str(report)
+    assert "mcconv.Conv2d(3, 4, kernel_size=(3, 3)" in repr(model)  # print(model) shows what was swapped
     assert type(model[0]) is mcconv.Conv2d and type(model[4]) is _ScaledConv
     assert model[3] is model[2][1] and type(model[3]) is mcconv.Conv2d
     assert all(a is b for a, b in zip(model.parameters(), params_before))  # same Parameter objects
@@ -107,18 +109,18 @@ def test_convert_swaps_plain_conv2d_and_reports_the_rest():
     x = torch.randn(2, 3, 6, 6, device=DEVICE)
     torch.testing.assert_close(model(x), original(x), **FP32_TOL)
 
-    _, again = mcconv.convert(model)  # idempotent
-    assert again.swapped == 0 and set(again.left_alone) == {"0", "2.0", "2.1", "4"}
+    assert mcconv.convert(model) is model  # idempotent
+    assert mcconv.conversion_report(model) == report
 
 
 def test_convert_leaves_float64_and_keeps_dtype():
     model = nn.Sequential(nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 1).double()).to(DEVICE)
     model[0].half()
-    _, report = mcconv.convert(model)
+    report = mcconv.conversion_report(mcconv.convert(model))
     assert report.converted == ["0"] and "float64" in report.left_alone["1"]
     assert model[0].weight.dtype == torch.float16 and model[0].weight.device.type == DEVICE
-    single, report = mcconv.convert(nn.Conv2d(2, 3, 3).to(DEVICE))  # the model itself is a Conv2d
-    assert type(single) is mcconv.Conv2d and report.converted == [""]
+    single = mcconv.convert(nn.Conv2d(2, 3, 3).to(DEVICE))  # the model itself is a Conv2d
+    assert type(single) is mcconv.Conv2d and mcconv.conversion_report(single).converted == [""]
 
 
 class _TinyCNN(nn.Module):
@@ -233,7 +235,7 @@ def test_resnet18_converted_matches_original(channels_last):
     torch.manual_seed(0)
     original = _ResNet18().cuda()
     model = copy.deepcopy(original)
-    _, report = mcconv.convert(model)
+    report = mcconv.conversion_report(mcconv.convert(model))
     assert report.swapped == 20 and not report.left_alone  # 17 3x3/7x7 + 3 downsample 1x1
     x = torch.randn(8, 3, 224, 224, device="cuda")
     if channels_last:

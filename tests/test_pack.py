@@ -4,15 +4,15 @@ import pytest
 import torch
 
 import mcconv
-from mcconv import _launch, _pack
+from mcconv import _pack, _plan
 from reference import DEVICE, assert_conv_close, reference_conv2d
 
 
 @pytest.fixture
 def fresh_plans():
-    _launch._plans.clear()
+    _plan._plans.clear()
     yield
-    _launch._plans.clear()
+    _plan._plans.clear()
 
 
 def _weight(*shape, channels_last=False):
@@ -46,7 +46,7 @@ def test_packed_and_unpacked_agree(dtype, monkeypatch, fresh_plans):
     packed = mcconv.conv2d(x, w, padding=(1, 0), groups=2)
     assert mcconv.explain(x, w, padding=(1, 0), groups=2).packed_weight
     monkeypatch.setenv(_pack.PACK_ENV, "0")
-    _launch._plans.clear()
+    _plan._plans.clear()
     assert not mcconv.explain(x, w, padding=(1, 0), groups=2).packed_weight
     plain = mcconv.conv2d(x, w, padding=(1, 0), groups=2)
     torch.testing.assert_close(packed, plain, rtol=0, atol=0)

@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import mcconv
-from mcconv import _config, _launch, bench, gpus, planner, suites, tune
-from mcconv.cli import main
-from mcconv.suites import conv
+from mcconv import _plan, ops, registry, tiles
+from mcconv.tools import bench, gpus, suites, tune
+from mcconv.tools import plan as planner
+from mcconv.tools.cli import main
+from mcconv.tools.problems import layer_tensors
+from mcconv.tools.suites import conv
 
 H100 = gpus.GPUS["h100-sxm"]
 TINY = [conv("tiny3x3", 1, 8, 6, 8, 3), conv("tiny1x1", 1, 8, 6, 16, 1), conv("tinydw", 1, 8, 6, 8, 3, groups=8)]
@@ -26,6 +29,9 @@ SMALL_CANDIDATES = {
     "depthwise": [dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
                   dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1)],
 }
+
+
+FORWARD = ["conv_direct", "gemm_1x1", "depthwise"]  # the forward kernels' tables (gemm_1x1 also serves 1x1 dgrad)
 
 
 class FakeTimer:
@@ -44,8 +50,8 @@ class FakeTimer:
 def fresh_tables():
     """Forget cached tile tables and plans before and after a test that writes tables."""
     def clear():
-        _config.load_table.cache_clear()
-        _launch._plans.clear()
+        tiles.load_table.cache_clear()
+        _plan._plans.clear()
 
     clear()
     yield
@@ -93,7 +99,7 @@ def test_plan_command(capsys):
     assert doc["flops"] == 53_687_091_200 and doc["output_shape"] == [1, 128, 256, 256]
     assert main(["plan", "--input", "1,2,3", "--weight", "1,1,1,1"]) == 2
     assert main(["plan", "--input", "1,4,8,8", "--weight", "4,4,3,3", "--gpu", "no-such-gpu"]) == 2
-    assert "no peak figures" in capsys.readouterr().out
+    assert "no peak figures" in capsys.readouterr().err
 
 
 def test_gpu_lookup():
@@ -135,9 +141,9 @@ def test_suite_sizes():
     assert "subset" in suites.deepbench.__doc__ and len(deep) == 26
     assert suites.get_suite("resnet50", batch=4)[0].n == 4
     for layer in resnet + mbv2 + deep:  # every layer is a valid convolution whose shape mcconv derives alike
-        g = mcconv._validate.conv_geometry(layer.input_shape, layer.weight_shape, layer.stride,
-                                           layer.padding, layer.dilation, layer.groups)
-        assert g.output_shape == layer.output_shape
+        x, w, _ = layer_tensors(layer, "float16", "channels_last")
+        dispatch = mcconv.explain(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        assert dispatch.output_shape == layer.output_shape
     with pytest.raises(ValueError, match="suite"):
         suites.get_suite("vgg")
 
@@ -155,8 +161,10 @@ def test_parse_shape():
 def test_bench_dry_run_on_cpu(capsys):
     assert main(["bench", "--suite", "mobilenetv2", "--dry-run", "--gpu", "h100-sxm"]) == 0
     out = capsys.readouterr().out
-    assert out.count("depthwise:") == 10 and out.count("gemm_1x1:") == 19
-    assert "29 layers" in out
+    kernels = [line.split()[-4] for line in out.splitlines()[2:-1]]
+    assert kernels.count("depthwise") == 10 and kernels.count("gemm_1x1") == 19
+    assert "29 layers" in out and out.startswith("float16, channels_last")
+    assert all(len(line) <= 120 for line in out.splitlines())
     assert main(["bench", "--shape", "8,16,14,14:32,16,3,3:1:1", "--dry-run"]) == 0
     assert "conv_direct" in capsys.readouterr().out
 
@@ -169,114 +177,17 @@ def test_bench_and_tune_refuse_without_cuda(monkeypatch, capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
-def test_backward_unavailable_is_reported(monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mcconv._backward" else real(name, *a))
-    ok, why = bench.backward_available()
-    assert not ok and "no autograd support" in why
-
-
-def test_geomean():
-    assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
-    assert bench.geomean([None, 4.0]) == pytest.approx(4.0)
-    assert bench.geomean([]) is None
-
-
-def test_bench_rows_and_json_with_a_fake_timer(tmp_path):
-    timer = FakeTimer()
-    rows = bench.run_rows(TINY, "float32", "channels_last", timer=timer, gpu="h100-sxm")
-    assert timer.calls == 2 * len(TINY)  # mcconv and torch per layer, each checked before timing
-    assert [r["kernel"] for r in rows] == ["conv_direct", "gemm_1x1", "depthwise"]
-    for i, r in enumerate(rows):
-        assert r["status"] == "ok" and r["rel_error"] < bench.TOLERANCE["tf32"]
-        assert r["mcconv_ms"] == pytest.approx(1 / (2 * i + 1)) and r["torch_ms"] == pytest.approx(1 / (2 * i + 2))
-        assert r["speedup"] == pytest.approx(r["torch_ms"] / r["mcconv_ms"])
-        assert r["tflops"] == pytest.approx(r["flops"] / r["mcconv_ms"] / 1e9)
-        assert r["roofline_fraction"] == pytest.approx(
-            r["tflops"] / min(494.7 if r["kernel"] != "depthwise" else 66.9, r["intensity"] * 3.35))
-    report = bench.make_report(rows, suite="tiny", dtype="float32", layout="channels_last", batch=1,
-                               device="FAKE GPU", gpu=H100, command="mcconv bench ...")
-    path = tmp_path / "out" / "tiny.json"
-    bench.write_json(report, path)
-    doc = json.loads(path.read_text())
-    for key in ("device", "torch", "triton", "suite", "dtype", "layout", "batch", "rows", "geomean_speedup"):
-        assert key in doc
-    for row in doc["rows"]:
-        for key in ("name", "shape", "mcconv_ms", "torch_ms", "speedup", "tflops", "roofline_fraction"):
-            assert key in row
-    speedups = [r["speedup"] for r in rows]
-    assert doc["geomean_speedup"] == pytest.approx(math.exp(sum(map(math.log, speedups)) / len(speedups)))
-    assert doc["weighted_speedup"] == pytest.approx(sum(r["torch_ms"] for r in rows) / sum(r["mcconv_ms"] for r in rows))
-    assert "datasheet" in doc["peaks"]["source"]
-    table = bench.format_table(rows, doc["geomean_speedup"])
-    assert "tiny1x1" in table and "geometric-mean speedup" in table
-    assert not [p for p in os.listdir(path.parent) if p != "tiny.json"]  # no temporary file left
-
-
-def test_bench_fused_activation_and_mismatch(monkeypatch):
-    rows = bench.run_rows(TINY[:1], "float16", "contiguous", activation="silu", timer=FakeTimer(), gpu="h100-sxm")
-    assert rows[0]["status"] == "ok" and rows[0]["rel_error"] < 1e-2
-
-    def wrong(x, w, b=None, *args, activation=None):
-        return F.conv2d(x, w, b, *args) + 1
-
-    monkeypatch.setattr(mcconv, "conv2d", wrong)
-    timer = FakeTimer()
-    rows = bench.run_rows(TINY[:1], "float32", "contiguous", timer=timer, gpu="h100-sxm")
-    assert rows[0]["status"] == "mismatch" and rows[0]["mcconv_ms"] is None and timer.calls == 0
-    assert bench.geomean(r["speedup"] for r in rows) is None
-
-
-def test_bench_backward_rows():
-    if not bench.backward_available()[0]:
-        pytest.skip("mcconv.conv2d has no autograd support in this build")
-    timer = FakeTimer()
-    rows = bench.run_rows(TINY, "float32", "contiguous", direction="backward", activation="relu", timer=timer,
-                          gpu="h100-sxm")
-    assert all(r["status"] == "ok" for r in rows) and timer.calls == 6
-    assert rows[0]["flops"] == 2 * TINY[0].flops  # dgrad + wgrad
-
-
-def test_bench_retimes_microsecond_layers_with_cuda_graphs():
-    graph_calls = []
-
-    def graph_timer(fn):
-        graph_calls.append(fn)
-        return 0.002
-
-    rows = bench.run_rows(TINY[1:2], "float32", "channels_last", timer=lambda fn: 0.01, graph_timer=graph_timer,
-                          gpu="h100-sxm")
-    assert rows[0]["timing"] == "cudagraph" and len(graph_calls) == 2 and rows[0]["mcconv_ms"] == 0.002
-
-    def broken(fn):
-        raise RuntimeError("capture failed")
-
-    rows = bench.run_rows(TINY[1:2], "float32", "channels_last", timer=lambda fn: 0.01, graph_timer=broken,
-                          gpu="h100-sxm")
-    assert rows[0]["timing"].startswith("do_bench (cudagraph failed") and rows[0]["mcconv_ms"] == 0.01
-
-
-def test_bench_plot(tmp_path):
-    pytest.importorskip("matplotlib")
-    rows = bench.run_rows(TINY, "float32", "channels_last", timer=FakeTimer(), gpu="h100-sxm")
-    report = bench.make_report(rows, suite="tiny", dtype="float32", layout="channels_last", batch=1,
-                               device="FAKE", gpu=H100)
-    bench.plot(report, tmp_path / "tiny.png")
-    assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 # ----------------------------------------------------------------------------------- tune
 
-def test_launch_with_config_forces_the_tiles():
+def test_a_plan_with_a_forced_config_runs_those_tiles():
     x = torch.randn(1, 8, 6, 6, device=bench_device())
     w = torch.randn(8, 8, 3, 3, device=x.device) / 72 ** 0.5  # unit outputs: TF32 on a GPU stays within 1e-2
     config = SMALL_CANDIDATES["conv_direct"][1]
-    y = _launch.launch_with_config(config, x, w, None, 1, 1)
+    plan = mcconv.plans(x, w, None, 1, 1)[0].with_config(config)
+    assert plan.dispatch.config_source == "forced" and dict(plan.config) == config
+    y = ops.forward.run(plan, x, w)
     torch.testing.assert_close(y, F.conv2d(x, w, padding=1), rtol=1e-2, atol=1e-2)
-    # the normal path still follows the table / default, untouched by the forced launch
+    # the normal path still follows the table / default, untouched by the forced plan
     assert dict(mcconv.explain(x, w, padding=1).config) != config
 
 
@@ -297,8 +208,8 @@ def test_prune_oversized_configs():
     kept, pruned = tune.prune("conv_direct", [hot], "float16", limits)
     assert not kept and "regs/thread" in pruned[0][1]
     # every packaged candidate fits an H100 in fp16
-    for kernel in tune.FORWARD_KERNELS:
-        kept, pruned = tune.prune(kernel, _config.candidates(kernel), "float16", limits)
+    for kernel in registry.table_names():
+        kept, pruned = tune.prune(kernel, tiles.candidates(kernel), "float16", limits)
         assert not pruned
 
 
@@ -308,46 +219,47 @@ def test_tune_writes_a_resumable_merged_table(tmp_path):
     tune.write_entries(out / "conv_direct" / "FAKE_GPU.json", "conv_direct", "FAKE_GPU", other)
     timer = FakeTimer()
     report = tune.tune(TINY, ["float32"], device_name="FAKE_GPU", out_dir=out, timer=timer,
-                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
-    assert [k for k, *_ in report.tuned] == ["conv_direct", "gemm_1x1", "depthwise"] and not report.failed
-    assert timer.calls == 6
+                       kernels=FORWARD, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    # per layer, its forward, then its 1x1 input gradient (the same GEMM, another key of gemm_1x1's table)
+    assert [k for k, *_ in report.tuned] == ["conv_direct", "gemm_1x1", "gemm_1x1", "depthwise"] and not report.failed
+    assert timer.calls == 8
     doc = json.loads((out / "conv_direct" / "FAKE_GPU.json").read_text())
     assert {"kernel", "device", "triton", "torch", "updated", "entries"} <= set(doc)
-    key = _config.shape_key(tune.dtype_key("float32"), 1 * 6 * 6, 8, 8 * 9)
+    key = tiles.shape_key("float32", 1 * 6 * 6, 8, 8 * 9)
     assert set(doc["entries"]) == {key, *other}  # merged: the entry that was there is kept
     entry = doc["entries"][key]
     assert entry["config"] == SMALL_CANDIDATES["conv_direct"][1]  # timed last: the fake timer's fastest
-    assert entry["timed"] == 2 and entry["layer"] == "tiny3x3" and entry["dtype"] == tune.dtype_key("float32")
+    assert entry["timed"] == 2 and entry["layer"] == "tiny3x3" and entry["dtype"] == "float32"
     assert sorted(os.listdir(out / "conv_direct")) == ["FAKE_GPU.json"]  # no temporary file left
 
     again = FakeTimer()
     report = tune.tune(TINY, ["float32"], device_name="FAKE_GPU", out_dir=out, timer=again,
-                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
-    assert again.calls == 0 and len(report.skipped) == 3 and not report.tuned  # resumed: nothing to do
+                       kernels=FORWARD, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    assert again.calls == 0 and len(report.skipped) == 4 and not report.tuned  # resumed: nothing to do
     report = tune.tune(TINY[:1], ["float32"], device_name="FAKE_GPU", out_dir=out, timer=FakeTimer(), force=True,
-                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+                       kernels=FORWARD, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
     assert len(report.tuned) == 1
 
 
 def test_tune_skips_failing_configs_and_respects_the_budget(tmp_path, monkeypatch):
-    real = tune.launch_with_config
+    real = ops.forward.run
 
-    def flaky(config, *args, **kwargs):
-        if config["BLOCK_M"] == 32:
+    def flaky(plan, *args, **kwargs):
+        if plan.config["BLOCK_M"] == 32:
             raise RuntimeError("out of resources: shared memory")
-        return real(config, *args, **kwargs)
+        return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(tune, "launch_with_config", flaky)
+    monkeypatch.setattr(ops.forward, "run", flaky)
     report = tune.tune(TINY[:1], ["float32"], device_name="FAKE_GPU", out_dir=tmp_path, timer=FakeTimer(),
-                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+                       kernels=FORWARD, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
     ((kernel, key, config, ms),) = report.tuned
     assert config["BLOCK_M"] == 16
     assert json.loads((tmp_path / kernel / "FAKE_GPU.json").read_text())["entries"][key]["failed"] == 1
 
     report = tune.tune(TINY, ["float16"], device_name="FAKE_GPU", out_dir=tmp_path / "b", timer=FakeTimer(),
-                       budget_s=0, kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False,
+                       budget_s=0, kernels=FORWARD, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False,
                        log=lambda *a: None)
-    assert not report.tuned and len(report.remaining) == 3 and not (tmp_path / "b").exists()
+    assert not report.tuned and len(report.remaining) == 4 and not (tmp_path / "b").exists()
 
 
 def test_atomic_write_keeps_the_old_table_on_failure(tmp_path, monkeypatch):
@@ -368,27 +280,27 @@ def test_atomic_write_keeps_the_old_table_on_failure(tmp_path, monkeypatch):
 
 
 def test_runtime_picks_up_a_tuned_table(tmp_path, monkeypatch, fresh_tables):
-    monkeypatch.setenv(_config.CONFIG_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(tiles.CONFIG_DIR_ENV, str(tmp_path))
     report = tune.tune(TINY, ["float32"], device_name="FAKE_GPU", out_dir=tmp_path, timer=FakeTimer(),
-                       kernels=tune.FORWARD_KERNELS, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
-    _config.load_table.cache_clear()
-    _launch._plans.clear()
-    for (kernel, key, config, _), layer in zip(report.tuned, TINY):
-        x, w, _ = planner.meta_tensors(layer, "float32", "channels_last")
+                       kernels=FORWARD, candidates=SMALL_CANDIDATES, compile_workers=0, show_progress=False, log=lambda *a: None)
+    tiles.load_table.cache_clear()
+    _plan._plans.clear()
+    forward = [report.tuned[i] for i in (0, 1, 3)]  # the 1x1 layer's input gradient is entry 2
+    for (kernel, key, config, _), layer in zip(forward, TINY):
+        x, w, _ = layer_tensors(layer, "float32", "channels_last", device=bench_device())
         d = mcconv.explain(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups,
                            device_name="FAKE_GPU")
         assert d.kernel == kernel and d.config_source == f"table FAKE_GPU.json [{key}]"
         assert dict(d.config) == config
-        dtype, dims = _config._parse_key(key)
-        assert _config.select_config(kernel, "FAKE_GPU", dtype, *dims, {})[0] == config
-    x, w, _ = planner.meta_tensors(TINY[0], "float32", "channels_last")
+        dtype, dims = tiles._parse_key(key)
+        assert tiles.select_config(kernel, "FAKE_GPU", dtype, *dims, {})[0] == config
+    x, w, _ = layer_tensors(TINY[0], "float32", "channels_last", device=bench_device())
     assert mcconv.explain(x, w, padding=1, device_name="OTHER_GPU").config_source == "heuristic default"
 
 
 def test_tunable_kernels_and_default_out_dir():
-    available, unavailable = tune.tunable_kernels()
-    assert set(tune.FORWARD_KERNELS) <= set(available)
-    assert set(available) | set(unavailable) == set(_config.KERNELS)
+    assert tune.tunable_kernels() == registry.table_names()
+    assert set(FORWARD) | {"conv_dgrad", "conv_wgrad", "bias_act_grad"} <= set(tune.tunable_kernels())
     assert tune.default_out_dir().name == "autotune_configs"
     assert tune.candidate_configs("conv_direct", {"BLOCK_M": 36, "BLOCK_N": 8, "BLOCK_K": 8})[0]["BLOCK_N"] == 16
 
@@ -398,7 +310,8 @@ def test_tune_and_bench_for_real_on_the_gpu(tmp_path):
     """On a GPU: real timers, parallel precompilation, one small layer each."""
     layer = conv("small", 8, 64, 28, 64, 3)
     report = tune.tune([layer], ["float16"], device_name="TEST_GPU", out_dir=tmp_path, compile_workers=4,
-                       candidates={"conv_direct": _config.candidates("conv_direct")[:4]}, show_progress=False)
+                       kernels=["conv_direct"], candidates={"conv_direct": tiles.candidates("conv_direct")[:4]},
+                       show_progress=False)
     assert len(report.tuned) == 1 and report.compile_method != "none"
     rows = bench.run_rows([layer], "float16", "channels_last")
     assert rows[0]["status"] == "ok" and rows[0]["mcconv_ms"] > 0

@@ -1,4 +1,5 @@
-"""Bad arguments raise ValueError (TypeError for types, dtypes and devices) naming the argument.
+"""Bad arguments raise ValueError (TypeError for types, dtypes and devices) naming the argument;
+both are RuntimeErrors too, as torch raises.
 
 Checked through both entry points, mcconv.conv2d and mcconv.explain, which must agree; the
 arguments are validated before anything is allocated or launched.
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import mcconv
-from mcconv import _backend, _launch
+from mcconv import _backend
 from reference import DEVICE
 
 
@@ -30,11 +31,9 @@ BAD_VALUES = {
     "groups-not-dividing-in-channels": (args(w_shape=(6, 2, 3, 3), groups=3), "groups"),
     "groups-not-dividing-out-channels": (args(w_shape=(5, 2, 3, 3), groups=2), "groups"),
     "groups-zero": (args(groups=0), "groups"),
-    "groups-not-int": (args(groups=1.0), "groups"),
     "stride-zero": (args(stride=0), "stride"),
     "stride-pair-zero": (args(stride=(1, 0)), "stride"),
     "stride-triple": (args(stride=(1, 1, 1)), "stride"),
-    "stride-float": (args(stride=1.5), "stride"),
     "dilation-zero": (args(dilation=0), "dilation"),
     "dilation-pair-negative": (args(dilation=(-1, 1)), "dilation"),
     "padding-negative": (args(padding=-1), "padding"),
@@ -56,6 +55,10 @@ BAD_VALUES = {
 }
 
 BAD_TYPES = {
+    "groups-float": (args(groups=1.0), "groups"),  # torch raises TypeError for these too
+    "groups-bool": (args(groups=True), "groups"),
+    "stride-float": (args(stride=1.5), "stride"),
+    "stride-bool-pair": (args(stride=(True, 1)), "stride"),
     "input-int32": (args(x_dtype=torch.int32), "input"),
     "input-float64": (args(x_dtype=torch.float64), "input"),
     "weight-dtype-mismatch": (args(w_dtype=torch.float16), "weight"),
@@ -75,15 +78,17 @@ def call_both(entry, call):
 @pytest.mark.parametrize("entry", [mcconv.conv2d, mcconv.explain], ids=["conv2d", "explain"])
 @pytest.mark.parametrize("call, name", BAD_VALUES.values(), ids=BAD_VALUES.keys())
 def test_bad_values_raise_value_error(entry, call, name):
-    with pytest.raises(ValueError, match=f"^{name}:"):
+    with pytest.raises(ValueError, match=f"^{name}:") as err:
         call_both(entry, call)
+    assert isinstance(err.value, RuntimeError)  # catchable as torch's error, too
 
 
 @pytest.mark.parametrize("entry", [mcconv.conv2d, mcconv.explain], ids=["conv2d", "explain"])
 @pytest.mark.parametrize("call, name", BAD_TYPES.values(), ids=BAD_TYPES.keys())
 def test_bad_types_raise_type_error(entry, call, name):
-    with pytest.raises(TypeError, match=f"^{name}:"):
+    with pytest.raises(TypeError, match=f"^{name}:") as err:
         call_both(entry, call)
+    assert isinstance(err.value, RuntimeError)  # catchable as torch's error, too
 
 
 @pytest.mark.parametrize("entry", [mcconv.conv2d, mcconv.explain], ids=["conv2d", "explain"])
@@ -112,15 +117,15 @@ def test_errors_are_not_cached():
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     monkeypatch.setattr(_backend, "interpreted", lambda: False)
     with pytest.raises(TypeError, match="TRITON_INTERPRET"):
-        _launch.check_runnable(torch.device("cpu"))
+        _backend.check_runnable(torch.device("cpu"))
     with pytest.raises(TypeError, match="TRITON_INTERPRET"):
         mcconv.conv2d(torch.zeros(1, 3, 5, 5), torch.zeros(2, 3, 3, 3))
 
 
 def test_only_cuda_and_interpreted_cpu_can_launch():
     with pytest.raises(TypeError, match="^input: .*device meta"):
-        _launch.check_runnable(torch.device("meta"))
+        _backend.check_runnable(torch.device("meta"))
 
 
 def test_runnable_devices():
-    _launch.check_runnable(torch.device(DEVICE))  # CUDA natively, or the CPU under the interpreter
+    _backend.check_runnable(torch.device(DEVICE))  # CUDA natively, or the CPU under the interpreter

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mcconv
-from mcconv import _config
+from mcconv import registry, tiles
 
 FAKE_GPU = "Fake_Test_GPU"
 CONV_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "num_warps": 2, "num_stages": 2}
@@ -16,10 +16,10 @@ CONV_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "num_w
 @pytest.fixture
 def config_dir(tmp_path, monkeypatch):
     """An empty MCCONV_CONFIG_DIR; the table cache is cleared before and after the test."""
-    monkeypatch.setenv(_config.CONFIG_DIR_ENV, str(tmp_path))
-    _config.load_table.cache_clear()
+    monkeypatch.setenv(tiles.CONFIG_DIR_ENV, str(tmp_path))
+    tiles.load_table.cache_clear()
     yield tmp_path
-    _config.load_table.cache_clear()
+    tiles.load_table.cache_clear()
 
 
 def write_table(root, entries, kernel="conv_direct", device=FAKE_GPU):
@@ -30,14 +30,20 @@ def write_table(root, entries, kernel="conv_direct", device=FAKE_GPU):
 
 def select(m=100, n=20, r=45, dtype="float16", limits=None, device=FAKE_GPU):
     """select_config for conv_direct on the fake GPU."""
-    return _config.select_config("conv_direct", device, dtype, m, n, r, limits or {})
+    return tiles.select_config("conv_direct", device, dtype, m, n, r, limits or {})
 
 
-@pytest.mark.parametrize("kernel", _config.KERNELS)
+def test_every_table_belongs_to_a_kernel():
+    folders = {p.name for p in resources.files("mcconv.autotune_configs").iterdir()
+               if p.is_dir() and p.joinpath("candidates.json").is_file()}
+    assert folders == set(registry.table_names())
+
+
+@pytest.mark.parametrize("kernel", registry.table_names())
 def test_packaged_candidates_load(kernel):
     path = resources.files("mcconv.autotune_configs").joinpath(kernel, "candidates.json")
     spec = json.loads(path.read_text())
-    assert spec == _config.kernel_spec(kernel)
+    assert spec == tiles.kernel_spec(kernel)
     assert spec["kernel"] == kernel
     names = set(spec["default"])
     assert {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} <= names
@@ -49,16 +55,16 @@ def test_packaged_candidates_load(kernel):
 
 def test_unknown_kernel():
     with pytest.raises(ValueError, match="^kernel:"):
-        _config.kernel_spec("winograd")
+        tiles.kernel_spec("winograd")
 
 
 @pytest.mark.parametrize("value, bucket", [(0, 1), (1, 1), (2, 2), (3, 4), (16, 16), (17, 32), (100, 128)])
 def test_bucket(value, bucket):
-    assert _config.bucket(value) == bucket
+    assert tiles.bucket(value) == bucket
 
 
 def test_shape_key():
-    assert _config.shape_key("float16", 100, 20, 45) == "float16/M=128/N=32/R=64"
+    assert tiles.shape_key("float16", 100, 20, 45) == "float16/M=128/N=32/R=64"
 
 
 def test_exact_bucket_hit(config_dir):
@@ -83,11 +89,11 @@ def test_nearest_bucket(config_dir):
 def test_table_config_is_fitted_to_the_problem(config_dir):
     write_table(config_dir, {"float16/M=128/N=32/R=64": {"config": dict(CONV_CONFIG, BLOCK_M=256, BLOCK_N=64)}})
     config, _ = select(m=100, n=20, r=45, limits={"BLOCK_M": 100, "BLOCK_N": 3})
-    assert (config["BLOCK_M"], config["BLOCK_N"]) == (128, _config.MIN_BLOCK)
+    assert (config["BLOCK_M"], config["BLOCK_N"]) == (128, tiles.MIN_BLOCK)
 
 
 def test_default_without_a_table(config_dir):
-    default = _config.kernel_spec("conv_direct")["default"]
+    default = tiles.kernel_spec("conv_direct")["default"]
     assert select(device=None) == (default, "heuristic default")  # CPU: no GPU model
     assert select(device="Untuned_GPU") == (default, "heuristic default")
     write_table(config_dir, {"float32/M=128/N=32/R=64": {"config": CONV_CONFIG}})
@@ -95,14 +101,14 @@ def test_default_without_a_table(config_dir):
 
 
 def test_missing_config_dir_is_not_an_error(tmp_path, monkeypatch):
-    monkeypatch.setenv(_config.CONFIG_DIR_ENV, str(tmp_path / "absent"))
-    _config.load_table.cache_clear()
+    monkeypatch.setenv(tiles.CONFIG_DIR_ENV, str(tmp_path / "absent"))
+    tiles.load_table.cache_clear()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert select()[1] == "heuristic default"
     finally:
-        _config.load_table.cache_clear()
+        tiles.load_table.cache_clear()
 
 
 CORRUPT = {
@@ -136,7 +142,7 @@ def test_corrupt_table_warns_once_and_uses_the_default(config_dir, text):
         results = [select(), select(m=5000, n=3, r=7)]
     assert [w.category for w in caught] == [RuntimeWarning]
     assert "corrupt tile table" in str(caught[0].message)
-    default = _config.kernel_spec("conv_direct")["default"]
+    default = tiles.kernel_spec("conv_direct")["default"]
     assert results == [(default, "heuristic default")] * 2
 
 
@@ -144,7 +150,7 @@ def test_explain_reports_the_table_entry(config_dir):
     """End to end: explain with a GPU model's name reads its table from MCCONV_CONFIG_DIR."""
     x = torch.empty(2, 5, 9, 7, device="meta", dtype=torch.float16)
     w = torch.empty(7, 5, 3, 3, device="meta", dtype=torch.float16)
-    key = _config.shape_key("float16", 2 * 7 * 5, 7, 5 * 9)
+    key = tiles.shape_key("float16", 2 * 7 * 5, 7, 5 * 9)
     write_table(config_dir, {key: {"config": CONV_CONFIG}})
     dispatch = mcconv.explain(x, w, device_name=FAKE_GPU)
     assert dispatch.config_source == f"table {FAKE_GPU}.json [{key}]"

@@ -1,14 +1,13 @@
-"""The ``mcconv`` command line: ``mcconv demo`` (and further verbs registered in VERBS)."""
-import argparse
+"""``mcconv demo``: the textbook's examples through mcconv's kernels, beside torch's results."""
 import os
 import sys
 
 
-def _select_backend(argv) -> str:
-    """Use the GPU when there is one, else Triton's interpreter.
+def select_backend(argv) -> str:
+    """Use the GPU when there is one, else Triton's interpreter ("cuda" or "cpu").
 
-    Triton reads TRITON_INTERPRET when it is first imported, and importing this module has
-    already imported it, so without a GPU the command re-runs itself with the variable set.
+    Triton reads TRITON_INTERPRET when it is first imported; if something imported it already,
+    the command re-runs itself with the variable set.
     """
     import torch
 
@@ -17,13 +16,16 @@ def _select_backend(argv) -> str:
     if torch.cuda.is_available():
         return "cuda"
     os.environ["TRITON_INTERPRET"] = "1"
+    if "triton" not in sys.modules:
+        return "cpu"
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "mcconv", *argv])
 
 
-def demo(args) -> int:
-    """Run the seed's examples through mcconv's kernels and print them beside torch's results."""
-    device = _select_backend(["demo"])
+def demo_command(args) -> int:
+    """Run the textbook's examples (multi-input and multi-output channels, the 1x1 convolution)
+    through mcconv's kernels and print them beside torch's results."""
+    device = select_backend(["demo"])
     import torch
     import torch.nn.functional as F
 
@@ -31,7 +33,7 @@ def demo(args) -> int:
 
     where = (f"on {torch.cuda.get_device_name()}" if device == "cuda"
              else "through Triton's interpreter on the CPU (no CUDA device found)")
-    print(f"mcconv demo: running the kernels {where}\n")
+    print(f"mcconv demo: the textbook's examples, running the kernels {where}\n")
     X = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]],
                       [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]], device=device)
     K = torch.tensor([[[0.0, 1.0], [2.0, 3.0]], [[1.0, 2.0], [3.0, 4.0]]], device=device)
@@ -59,32 +61,3 @@ def demo(args) -> int:
     ok &= float((Y1 - Y2).abs().sum()) < 1e-6
     print("all results match torch" if ok else "MISMATCH against torch")
     return 0 if ok else 1
-
-
-from .bench import bench_command  # noqa: E402 - after demo, which needs nothing of theirs
-from .planner import plan_command  # noqa: E402
-from .tune import tune_command  # noqa: E402
-
-VERBS = {
-    "demo": (demo, "run the seed's examples through the kernels, beside torch"),
-    "plan": (plan_command, "FLOPs, bytes, roofline bound and dispatch of one convolution (no GPU needed)"),
-    "bench": (bench_command, "time mcconv against torch on a suite of layers (CUDA; --dry-run without)"),
-    "tune": (tune_command, "sweep tile configurations and write this GPU's tile tables (CUDA)"),
-}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mcconv", description=__doc__)
-    sub = parser.add_subparsers(dest="verb", required=True)
-    for name, (func, help_text) in VERBS.items():
-        p = sub.add_parser(name, help=help_text, description=func.__doc__)
-        p.set_defaults(func=func)
-        configure = getattr(func, "configure", None)
-        if configure:
-            configure(p)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,6 @@ re-timed with ``do_bench_cudagraph`` so that launch overhead does not decide the
 The timers are injectable, so the row logic runs and is tested on the CPU with a fake timer.
 """
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -15,17 +14,19 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import mcconv
+from mcconv import ACTIVATIONS
+
 from . import gpus
-from ._progress import progress
-from ._validate import ACTIVATIONS
-from .planner import DTYPES, LAYOUTS, analyze, human
+from .plan import analyze, human
+from .problems import DTYPES, LAYOUTS, layer_tensors
+from .progress import progress
 from .suites import SUITES, Conv, get_suite, parse_shape
 
 # ||mcconv - torch|| / ||torch|| bounds: fp32 accumulation in both, operands rounded to the dtype
 # (tf32 keeps 10 mantissa bits like fp16; bf16 keeps 7).
 TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2, "tf32": 1e-2, "float32": 1e-4}
 CUDAGRAPH_BELOW_MS = 0.05
-_ACT = {None: lambda y: y, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -40,44 +41,10 @@ def geomean(values) -> float | None:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
-def backward_available() -> tuple[bool, str]:
-    """Whether ``mcconv.conv2d`` is differentiable in this build, and why not."""
-    if importlib.util.find_spec("mcconv._backward") is None:
-        return False, "mcconv._backward is missing, so mcconv.conv2d has no autograd support in this build"
-    import mcconv
-
-    try:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        x = torch.zeros(1, 1, 3, 3, device=device, requires_grad=True)
-        y = mcconv.conv2d(x, torch.zeros(1, 1, 1, 1, device=device))
-    except Exception as err:  # noqa: BLE001 - any failure means "not available here"
-        return False, f"mcconv.conv2d failed on a probe ({type(err).__name__}: {err})"
-    if not y.requires_grad:
-        return False, "mcconv.conv2d returns a tensor without grad_fn"
-    return True, ""
-
-
-def _tensors(layer: Conv, dtype: str, layout: str, bias: bool, device, requires_grad: bool):
-    dt = DTYPES[dtype]
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    # Unit-variance outputs whatever the fan-in, so fp16 cannot overflow on wide layers.
-    fan_in = (layer.c // layer.groups) * layer.kh * layer.kw
-    x = torch.randn(layer.input_shape, device=device, dtype=dt).to(memory_format=fmt)
-    w = (torch.randn(layer.weight_shape, device=device, dtype=torch.float32) / math.sqrt(fan_in)).to(dt)
-    w = w.to(memory_format=fmt)
-    b = torch.randn(layer.k, device=device, dtype=dt) if bias else None
-    for t in (x, w, b):
-        if t is not None:
-            t.requires_grad_(requires_grad)
-    return x, w, b
-
-
 def _callables(layer: Conv, x, w, b, activation, direction):
     """(mcconv_fn, torch_fn, results) for one layer; results() gives the outputs to compare."""
-    import mcconv
-
     args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-    act = _ACT[activation]
+    act = (lambda y: y) if activation is None else ACTIVATIONS[activation].reference
 
     def ours():
         return mcconv.conv2d(x, w, b, *args, activation=activation)
@@ -100,11 +67,9 @@ def _callables(layer: Conv, x, w, b, activation, direction):
     return grad_ours, grad_theirs, lambda: (grad_ours(), grad_theirs())
 
 
-def _tolerance_key(dtype: str) -> str:
-    # torch may run an fp32 convolution in TF32 (its default for cuDNN), whichever kernel mcconv picks.
-    from ._backend import conv_uses_tf32
-
-    return "tf32" if dtype == "float32" and conv_uses_tf32() else dtype
+def _tolerance_key(dtype: str, dispatch) -> str:
+    # mcconv multiplies fp32 in TF32 exactly when torch would for a convolution.
+    return "tf32" if dispatch.dot_precision == "tf32" else dtype
 
 
 def _time_pair(fns, timer, graph_timer, below_ms):
@@ -159,12 +124,13 @@ def run_rows(layers, dtype="float16", layout="channels_last", *, direction="forw
                "torch_roofline_fraction": None,
                "rel_error": None, "timing": None, "status": "ok"}
         try:
-            x, w, b = _tensors(layer, dtype, layout, bias, device, direction == "backward")
+            x, w, b = layer_tensors(layer, dtype, layout, bias=bias, device=device,
+                                    requires_grad=direction == "backward", seed=None)
             ours, theirs, results = _callables(layer, x, w, b, activation, direction)
             got, want = results()
             pairs = list(zip(got, want)) if isinstance(got, tuple) else [(got, want)]
             row["rel_error"] = max(relative_error(g, e) for g, e in pairs)
-            if row["rel_error"] > TOLERANCE[_tolerance_key(dtype)]:
+            if row["rel_error"] > TOLERANCE[_tolerance_key(dtype, a.dispatch)]:
                 row["status"] = "mismatch"
             else:
                 (t_ours, t_theirs), row["timing"] = _time_pair((ours, theirs), timer, graph_timer,
@@ -308,21 +274,36 @@ def _layers(args) -> tuple[str, list[Conv]]:
 
 
 def _dispatch_text(d) -> str:
-    return f"{d.kernel}: " + " ".join(f"{k}={v}" for k, v in d.config.items()) + f" [{d.config_source}]"
+    tiles = "x".join(str(d.config[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in d.config)
+    launch = f" w{d.config['num_warps']} s{d.config['num_stages']}" if "num_warps" in d.config else ""
+    return f"{d.kernel} {tiles}{launch}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def dry_run(layers, dtype, layout, gpu=None, activation=None) -> str:
     """The suite's layers with FLOPs, intensity, roofline bound and dispatch; no kernel runs."""
-    lines = [f"{'layer':<16} {'shape':<36} {'GFLOP':>8} {'FLOP/B':>7} {'bound':>8}  dispatch"]
+    analyses = [analyze(layer, dtype, layout, gpu, bias=activation is not None, activation=activation)
+                for layer in layers]
+    first = analyses[0] if analyses else None
+    where = "no GPU peaks" if first is None or first.gpu is None else first.gpu.title
+    lines = [f"{dtype}, {layout}" + (f", conv + bias + {activation}" if activation else "") + f"; roofline: {where}",
+             f"{'layer':<14} {'shape':<36} {'GFLOP':>7} {'FLOP/B':>6} {'bound':>7}  kernel, tiles MxNxK, warps, stages"]
     total = 0
-    for layer in layers:
-        a = analyze(layer, dtype, layout, gpu, bias=activation is not None, activation=activation)
+    sources = set()
+    for layer, a in zip(layers, analyses):
         total += layer.flops * layer.count
-        lines.append(f"{layer.name:<16.16} {layer.describe():<36.36} {layer.flops / 1e9:>8.3f} "
-                     f"{a.intensity:>7.1f} {a.bound or '-':>8}  {_dispatch_text(a.dispatch)}")
-    spec = a.gpu.title if layers and a.gpu else "no peak figures"
-    lines.append(f"{len(layers)} layers; {human(total, 'FLOP')} per pass counting repeats; "
-                 f"roofline for {spec} ({a.device_name if layers else ''} tile table)")
+        sources.add(a.dispatch.config_source.split(" [")[0])
+        lines.append(f"{layer.name:<14.14} {layer.describe():<36.36} {layer.flops / 1e9:>7.2f} "
+                     f"{a.intensity:>6.1f} {a.bound or '-':>7}  {_dispatch_text(a.dispatch)}")
+    table = f"{first.device_name}.json" if first else "-"
+    if sources <= {"heuristic default"}:
+        tiles = f"tiles: heuristic defaults (none in {table})"
+    else:
+        tiles = f"tiles: {', '.join(sorted(sources))} ({table})"
+    lines.append(f"{_plural(len(layers), 'layer')}; {human(total, 'FLOP')} per pass counting repeats; {tiles}")
     return "\n".join(lines)
 
 
@@ -343,11 +324,6 @@ def bench_command(args) -> int:
         print("mcconv bench: timings need a CUDA GPU and none was found; `mcconv bench --dry-run` lists "
               "the layers, their FLOPs and mcconv's dispatch without one", file=sys.stderr)
         return 2
-    if args.direction == "backward":
-        ok, why = backward_available()
-        if not ok:
-            print(f"mcconv bench: the backward direction is unavailable: {why}", file=sys.stderr)
-            return 2
     torch.backends.cudnn.benchmark = True  # torch at its best: cuDNN picks its fastest algorithm per shape
     device_name, spec = gpus.current_gpu()
     rows = run_rows(layers, args.dtype, args.layout, direction=args.direction, activation=args.activation,
@@ -373,19 +349,19 @@ def bench_command(args) -> int:
 
 
 def _configure(p) -> None:
-    p.add_argument("--suite", choices=sorted(SUITES), default="resnet50")
+    p.add_argument("--suite", choices=sorted(SUITES), default="resnet50", help="layers to run")
     p.add_argument("--shape", help="one ad-hoc layer instead of a suite: "
                    "N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]]")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
-    p.add_argument("--layout", choices=LAYOUTS, default="channels_last")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="input, weight and output dtype")
+    p.add_argument("--layout", choices=LAYOUTS, default="channels_last", help="memory format of input and weight")
     p.add_argument("--batch", type=int, help="batch size (default: the suite's own)")
-    p.add_argument("--direction", choices=("forward", "backward"), default="forward")
-    p.add_argument("--activation", choices=[a for a in ACTIVATIONS if a],
+    p.add_argument("--direction", choices=("forward", "backward"), default="forward", help="what to time")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS),
                    help="time conv + bias + activation: torch unfused against mcconv's fused epilogue")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib: the [bench] extra)")
     p.add_argument("--dry-run", action="store_true", help="list layers, FLOPs and dispatch; no GPU needed")
-    p.add_argument("--gpu", help="with --dry-run: GPU model for peaks and tile table (default h100-sxm)")
+    p.add_argument("--gpu", help="with --dry-run: GPU model for peaks and tile table (default: h100-sxm)")
 
 
 bench_command.configure = _configure

@@ -1,14 +1,20 @@
-"""Benchmark suites as data: the convolutions that ``mcconv bench`` times and ``mcconv tune`` tunes.
+"""Benchmark suites as data: the convolutions that ``mcconv bench`` times, ``tune`` tunes and
+``inspect`` compiles.
 
 Each suite is a list of :class:`Conv` layers (NCHW sizes, square kernels unless noted);
-``count`` is how many times the layer occurs in the network, for weighting totals.
+``count`` is how many times the layer occurs in the network, for weighting totals. Output
+sizes and FLOPs come from the library's own description of a call (:class:`mcconv.ConvSpec`),
+so a layer means exactly what ``mcconv.conv2d`` would make of it.
 """
 from dataclasses import dataclass, replace
+from functools import cached_property
+
+from mcconv import ConvSpec
 
 
 @dataclass(frozen=True)
 class Conv:
-    """One convolution problem: sizes, stride, symmetric padding, dilation and groups."""
+    """One convolution problem: sizes, stride, padding (anything mcconv.conv2d takes), dilation, groups."""
 
     name: str
     n: int
@@ -32,21 +38,24 @@ class Conv:
     def weight_shape(self) -> tuple:
         return (self.k, self.c // self.groups, self.kh, self.kw)
 
+    @cached_property
+    def spec(self) -> ConvSpec:
+        """mcconv's description of this call (raises what mcconv.conv2d would raise)."""
+        return ConvSpec.from_shapes(self.input_shape, self.weight_shape, self.stride, self.padding, self.dilation,
+                                    self.groups)
+
     @property
     def output_hw(self) -> tuple:
-        p = (self.h + 2 * self.padding[0] - self.dilation[0] * (self.kh - 1) - 1) // self.stride[0] + 1
-        q = (self.w + 2 * self.padding[1] - self.dilation[1] * (self.kw - 1) - 1) // self.stride[1] + 1
-        return p, q
+        return self.spec.p, self.spec.q
 
     @property
     def output_shape(self) -> tuple:
-        return (self.n, self.k, *self.output_hw)
+        return self.spec.output_shape
 
     @property
     def flops(self) -> int:
         """2*N*K*P*Q*(C/groups)*KH*KW: multiplications and additions counted separately."""
-        p, q = self.output_hw
-        return 2 * self.n * self.k * p * q * (self.c // self.groups) * self.kh * self.kw
+        return self.spec.flops
 
     def describe(self) -> str:
         """Compact shape text, e.g. ``32x64x56x56 * 64x64x3x3 s1 p1``."""
@@ -62,8 +71,12 @@ class Conv:
         return replace(self, n=n)
 
 
-def _fmt(pair) -> str:
-    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]},{pair[1]}"
+def _fmt(value) -> str:
+    if isinstance(value, str):
+        return value
+    if len(value) == 2 and value[0] == value[1]:
+        return str(value[0])
+    return ",".join(map(str, value))
 
 
 def conv(name, n, c, h, k, r, stride=1, padding=None, groups=1, count=1, w=None) -> Conv:
@@ -183,6 +196,4 @@ def parse_shape(text: str) -> Conv:
     except (ValueError, IndexError):
         raise ValueError(f"--shape: expected N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]], "
                          f"got {text!r}") from None
-    if cg * groups != c:
-        raise ValueError(f"--shape: weight's C/g = {cg} times groups {groups} != input channels {c}")
     return Conv("shape", n, c, h, w, k, kh, kw, (stride, stride), (padding, padding), (dilation, dilation), groups)

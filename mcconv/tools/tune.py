@@ -1,7 +1,7 @@
 """``mcconv tune``: sweep tile configurations per kernel and shape bucket, write the tile tables.
 
-For every layer of a suite and every dtype, the layer's kernel and table key
-(:func:`mcconv._config.shape_key`) are derived exactly as the runtime derives them; each key not
+For every layer of a suite and every dtype, the kernels its forward and backward launch and
+their table keys come from the library's own plans (:func:`mcconv.plans`); each key not
 yet in the table is tuned once: the kernel's candidates (plus its default), fitted to the
 problem as the runtime fits them, minus those that cannot fit on the GPU (shared memory,
 accumulator registers), are compiled (in parallel where Triton allows), timed with a forced
@@ -9,8 +9,8 @@ configuration, and the fastest one whose result matches torch's is written to
 ``<out_dir>/<kernel>/<device_name>.json``: merged with the entries there, atomically, after
 every key, so an interrupted or budget-bounded run resumes where it stopped.
 """
+import contextlib
 import datetime
-import importlib
 import json
 import os
 import sys
@@ -24,15 +24,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import _config, gpus
-from ._backend import conv_uses_tf32
-from ._launch import get_plan, launch_with_config, tile_problem
-from ._progress import progress
-from .bench import TOLERANCE, relative_error
-from .planner import DTYPES, LAYOUTS, meta_tensors
-from .suites import SUITES, Conv, get_suite
+import mcconv
+from mcconv import ops, registry, tiles
 
-FORWARD_KERNELS = ("conv_direct", "gemm_1x1", "depthwise")
+from . import gpus
+from .bench import TOLERANCE, relative_error
+from .problems import DTYPES, LAYOUTS, layer_tensors
+from .progress import progress
+from .suites import SUITES, Conv, get_suite
 # Accumulator registers per thread (fp32 BLOCK_M*BLOCK_N spread over 32*num_warps threads): beyond
 # half of the 255-register limit the operands and addresses spill.
 MAX_ACCUMULATOR_REGS = 128
@@ -94,11 +93,11 @@ def prune(kernel: str, configs, dtype_key: str, limits: ResourceLimits):
 
 def candidate_configs(kernel: str, extents: dict, override=None) -> list[dict]:
     """The kernel's candidates and default, fitted to the problem as the runtime fits them, deduplicated."""
-    raw = list(override) if override is not None else [*_config.candidates(kernel),
-                                                       dict(_config.kernel_spec(kernel)["default"])]
+    raw = list(override) if override is not None else [*tiles.candidates(kernel),
+                                                       dict(tiles.kernel_spec(kernel)["default"])]
     seen, out = set(), []
     for config in raw:
-        fitted = _config._fit(config, extents)
+        fitted = tiles.fit(config, extents)
         key = tuple(sorted(fitted.items()))
         if key not in seen:
             seen.add(key)
@@ -106,16 +105,11 @@ def candidate_configs(kernel: str, extents: dict, override=None) -> list[dict]:
     return out
 
 
-def dtype_key(dtype: str) -> str:
-    """The tile tables' dtype: fp32 is "tf32" while torch would use TF32 for convolutions."""
-    return "tf32" if dtype == "float32" and conv_uses_tf32() else dtype
-
-
 @dataclass
 class Problem:
-    """One (kernel, table key) to tune, with closures that launch it and compute torch's result."""
+    """One (tile table, key) to tune, with closures that launch it and compute torch's result."""
 
-    kernel: str
+    kernel: str  # the tile table's name (a kernel's, or the kernel whose tables it shares)
     key: str
     dtype: str  # table dtype key
     layer: Conv
@@ -130,79 +124,97 @@ class Problem:
             self.build()
 
 
-def forward_problem(layer: Conv, dtype: str, layout: str, device) -> Problem:
-    """The forward problem of a layer; tensors are allocated only when it is tuned."""
-    x, w, _ = meta_tensors(layer, dtype, layout)
+def tunable_kernels() -> list[str]:
+    """The tile tables tune writes: one per kernel, except kernels that share another's."""
+    return registry.table_names()
+
+
+@contextlib.contextmanager
+def _compile_only():
+    """Within this block Triton compiles kernels instead of launching them (JITFunction.warmup)."""
+    from triton.runtime.jit import JITFunction
+
+    original = JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        return original(self, *args, grid=grid, warmup=True, **kwargs)
+
+    JITFunction.run = run
+    try:
+        yield
+    finally:
+        JITFunction.run = original
+
+
+def layer_problems(layer: Conv, dtype: str, layout: str, device, kernels=None) -> list[Problem]:
+    """The problems of a layer: each kernel its forward and backward launch (bias included, so
+    that the bias gradient's reduction is tuned too), with tensors allocated only when tuned."""
+    # Shapes only (meta tensors) for a GPU, whose rules they follow; off the GPU (tests with a fake
+    # timer) the interpreter's rules differ (no TF32), so the keys come from real CPU tensors.
+    probe = "meta" if torch.device(device).type == "cuda" else device
+    x, w, b = layer_tensors(layer, dtype, layout, bias=True, device=probe)
     args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-    plan = get_plan(x, w, None, *args, None)  # meta tensors: the dispatch, no tile table
-    features, extents = tile_problem(plan.dispatch.kernel, plan.geometry)
-    key = _config.shape_key(dtype_key(dtype), *features)
-    problem = Problem(plan.dispatch.kernel, key, dtype_key(dtype), layer, extents)
+    found = []
+    for plan in mcconv.plans(x, w, b, *args, direction="all"):
+        table = plan.kernel.table_name
+        if kernels is not None and table not in kernels:
+            continue
+        problem = Problem(table, plan.key, plan.spec.dtype_key, layer, dict(plan.limits))
+        problem.build = _builder(problem, plan.kernel.operation, layer, dtype, layout, device, args)
+        found.append(problem)
+    return found
+
+
+def _builder(problem: Problem, operation: str, layer: Conv, dtype: str, layout: str, device, args):
+    """Allocates a problem's tensors and sets its run, warmup and reference closures."""
 
     def build():
-        torch.manual_seed(0)
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        dt = DTYPES[dtype]
-        fan_in = (layer.c // layer.groups) * layer.kh * layer.kw
-        xt = torch.randn(layer.input_shape, device=device, dtype=dt).to(memory_format=fmt)
-        wt = (torch.randn(layer.weight_shape, device=device) / fan_in ** 0.5).to(dt).to(memory_format=fmt)
-        problem.run = lambda config: launch_with_config(config, xt, wt, None, *args)
-        problem.warmup = lambda config: launch_with_config(config, xt, wt, None, *args, warmup=True)
-        problem.reference = lambda: F.conv2d(xt, wt, None, *args)
+        x, w, b = layer_tensors(layer, dtype, layout, bias=True, device=device)
+        y = F.conv2d(x, w, b, *args)
+        grad = torch.randn_like(y)  # laid out as the forward's output, as autograd passes it
+        plan_of = {
+            registry.FORWARD: lambda: mcconv.plans(x, w, None, *args)[0],
+            registry.INPUT_GRAD: lambda: ops.input_grad.plan(grad, w, x.shape, *args),
+            registry.WEIGHT_GRAD: lambda: ops.weight_grad.plan(grad, x, w.shape, *args),
+            registry.BIAS_ACT_GRAD: lambda: ops.bias_act.plan(grad, None, None, True),
+        }[operation]
+        launch = {
+            registry.FORWARD: lambda p: ops.forward.run(p, x, w),
+            registry.INPUT_GRAD: lambda p: ops.input_grad.run(p, grad, w),
+            registry.WEIGHT_GRAD: lambda p: ops.weight_grad.run(p, grad, x),
+            registry.BIAS_ACT_GRAD: lambda p: ops.bias_act.run(p, grad)[1],
+        }[operation]
+        base = plan_of()
 
-    problem.build = build
-    return problem
+        def run(config):
+            return launch(base.with_config(config))
 
+        def warmup(config):
+            with _compile_only():
+                run(config)
 
-def _backward_problems(layer: Conv, dtype: str, layout: str, device, kernels) -> list[Problem]:
-    """Problems from ``mcconv._backward.tune_problems`` when the backward module offers that hook.
+        def reference():
+            if operation == registry.FORWARD:
+                return F.conv2d(x, w, None, *args)
+            if operation == registry.BIAS_ACT_GRAD:
+                return grad.float().sum(dim=[d for d in range(grad.dim()) if d != 1]).to(grad.dtype)
+            xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+            dx, dw = torch.autograd.grad(F.conv2d(xr, wr, None, *args), (xr, wr), grad)
+            return dx if operation == registry.INPUT_GRAD else dw
 
-    The hook takes ``(input, weight, stride, padding, dilation, groups)`` and returns dicts with
-    ``kernel`` (a name in ``_config.KERNELS``), ``features`` (M, N, R), ``limits`` (block name ->
-    extent), ``run(config) -> Tensor``, ``reference() -> Tensor`` and optionally ``warmup(config)``.
-    """
-    hook = getattr(_backward_module(), "tune_problems", None)
-    if hook is None:
-        return []
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(layer.input_shape, device=device, dtype=DTYPES[dtype]).to(memory_format=fmt)
-    w = (torch.randn(layer.weight_shape, device=device) / (layer.c * layer.kh * layer.kw) ** 0.5)
-    w = w.to(DTYPES[dtype]).to(memory_format=fmt)
-    out = []
-    for p in hook(x, w, layer.stride, layer.padding, layer.dilation, layer.groups):
-        if p["kernel"] in kernels:
-            out.append(Problem(p["kernel"], _config.shape_key(dtype_key(dtype), *p["features"]), dtype_key(dtype),
-                               layer, dict(p["limits"]), p["run"], p["reference"], p.get("warmup")))
-    return out
+        problem.run, problem.warmup, problem.reference = run, warmup, reference
 
-
-def _backward_module():
-    try:
-        return importlib.import_module("mcconv._backward")
-    except ImportError:
-        return None
-
-
-def tunable_kernels() -> tuple[list[str], dict]:
-    """(kernels tune can launch with a forced config, {kernel: why not} for the others)."""
-    hook = getattr(_backward_module(), "tune_problems", None)
-    ok, skipped = [], {}
-    for name in _config.KERNELS:
-        if name in FORWARD_KERNELS or hook is not None:
-            ok.append(name)
-        else:
-            skipped[name] = "its launcher exposes no forced-config launch (mcconv._backward.tune_problems)"
-    return ok, skipped
+    return build
 
 
 # ------------------------------------------------------------------------------------ tables
 
 def default_out_dir() -> Path:
     """The repository's autotune_configs/ in a source checkout, else $MCCONV_CONFIG_DIR or ./autotune_configs."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file() and (repo / "autotune_configs" / "__init__.py").is_file():
         return repo / "autotune_configs"
-    return Path(os.environ.get(_config.CONFIG_DIR_ENV) or "autotune_configs")
+    return Path(os.environ.get(tiles.CONFIG_DIR_ENV) or "autotune_configs")
 
 
 def table_path(out_dir, kernel: str, device_name: str) -> Path:
@@ -302,14 +314,10 @@ class TuneReport:
 def _problems(layers, dtypes, layout, device, kernels):
     """Unique (kernel, key) problems in suite order; the first layer of a bucket represents it."""
     seen, out = set(), []
-    backward = [k for k in kernels if k not in FORWARD_KERNELS]
     for dtype in dtypes:
         for layer in layers:
-            found = [forward_problem(layer, dtype, layout, device)]
-            if backward:
-                found += _backward_problems(layer, dtype, layout, device, backward)
-            for p in found:
-                if p.kernel in kernels and (p.kernel, p.key) not in seen:
+            for p in layer_problems(layer, dtype, layout, device, kernels):
+                if (p.kernel, p.key) not in seen:
                     seen.add((p.kernel, p.key))
                     out.append(p)
     return out
@@ -342,11 +350,11 @@ def tune(layers, dtypes=("float16",), *, device_name: str, out_dir, layout="chan
     workers = compile_workers if compile_workers is not None else (min(8, os.cpu_count() or 1)
                                                                    if torch.device(device).type == "cuda" else 0)
     report = TuneReport()
-    available, report.unavailable = tunable_kernels()
+    available = tunable_kernels()
     wanted = [k for k in (kernels or available) if k in available]
     for k in kernels or ():
         if k not in available:
-            report.unavailable.setdefault(k, f"unknown kernel; known: {list(_config.KERNELS)}")
+            report.unavailable.setdefault(k, f"unknown tile table; known: {available}")
 
     todo = []
     for p in _problems(layers, dtypes, layout, device, wanted):
@@ -403,7 +411,7 @@ def _tune_one(p: Problem, kept, pruned, timer, workers, report, bar, start, budg
     timed.sort(key=lambda t: t[0])
     reference = p.reference()
     tolerance = TOLERANCE[p.dtype]
-    default = _config._fit(dict(_config.kernel_spec(p.kernel)["default"]), p.extents)
+    default = tiles.fit(dict(tiles.kernel_spec(p.kernel)["default"]), p.extents)
     default_ms = next((ms for ms, c in timed if c == default), None)
     for ms, config in timed:
         err = relative_error(p.run(config), reference)
@@ -454,18 +462,18 @@ def tune_command(args) -> int:
 
 
 def _configure(p) -> None:
-    p.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=["resnet50"])
-    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float16"])
+    p.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=["resnet50"], help="layers to tune for")
+    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float16"], help="dtypes to tune for")
     p.add_argument("--fp32", choices=("tf32", "ieee"), default="tf32",
                    help="float32 precision to tune for (tf32: torch's cuDNN default)")
-    p.add_argument("--layout", choices=LAYOUTS, default="channels_last")
+    p.add_argument("--layout", choices=LAYOUTS, default="channels_last", help="memory format of input and weight")
     p.add_argument("--batch", type=int, help="batch size (default: each suite's own)")
-    p.add_argument("--kernel", nargs="+", help="only these kernels (default: all tunable ones)")
+    p.add_argument("--kernel", nargs="+", help="only these tile tables (default: all)")
     p.add_argument("--budget-s", type=float, help="stop starting new work after this many seconds")
     p.add_argument("--force", action="store_true", help="retune keys already in the table")
     p.add_argument("--out-dir", help="folder for <kernel>/<device>.json (default: the checkout's "
                    "autotune_configs/, else $MCCONV_CONFIG_DIR or ./autotune_configs)")
-    p.add_argument("--compile-workers", type=int, help="threads for parallel precompilation (default up to 8)")
+    p.add_argument("--compile-workers", type=int, help="threads for parallel precompilation (default: up to 8)")
 
 
 tune_command.configure = _configure

@@ -6,17 +6,16 @@ the roofline built from them is an upper bound on attainable throughput. Needs n
 dispatch is computed on ``meta`` tensors for a named GPU model's tile table.
 """
 import json
+import sys
 from dataclasses import dataclass
 
 import torch
 
-from . import gpus
-from ._launch import Dispatch, explain
-from ._validate import ACTIVATIONS
-from .suites import Conv
+from mcconv import ACTIVATIONS, Dispatch, explain, registry
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-LAYOUTS = ("channels_last", "contiguous")
+from . import gpus
+from .problems import DTYPES, LAYOUTS, layer_tensors
+from .suites import Conv
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,8 @@ class Analysis:
 
     @property
     def tensor_cores(self) -> bool:
-        """tl.dot kernels use tensor cores, except fp32 with IEEE dots; depthwise never does."""
-        return self.dispatch.kernel != "depthwise" and not (
-            self.dtype == "float32" and self.dispatch.dot_precision == "ieee")
+        """tl.dot kernels use tensor cores, except fp32 with IEEE dots; dot-free kernels never do."""
+        return registry.get(self.dispatch.kernel).uses_dot and self.dispatch.dot_precision != "ieee"
 
     @property
     def peak_key(self) -> str:
@@ -92,16 +90,6 @@ class Analysis:
         }
 
 
-def meta_tensors(layer: Conv, dtype: str, layout: str, bias: bool = False, device="meta"):
-    """Input, weight and optional bias for a layer (uninitialised; ``meta`` has shapes only)."""
-    dt = DTYPES[dtype]
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.empty(layer.input_shape, dtype=dt, device=device).to(memory_format=memory_format)
-    w = torch.empty(layer.weight_shape, dtype=dt, device=device).to(memory_format=memory_format)
-    b = torch.empty(layer.k, dtype=dt, device=device) if bias else None
-    return x, w, b
-
-
 def analyze(layer: Conv, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None,
             *, bias: bool = False, activation: str | None = None) -> Analysis:
     """Cost model and dispatch of ``layer`` for the GPU named ``gpu`` (key or device name).
@@ -109,12 +97,8 @@ def analyze(layer: Conv, dtype: str = "float16", layout: str = "channels_last", 
     Without ``gpu``: the current CUDA device, else the H100 SXM. Raises ValueError for an
     unknown dtype, layout or GPU name, and mcconv's own errors for an invalid convolution.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     device_name, spec = gpus.resolve_gpu(gpu)
-    x, w, b = meta_tensors(layer, dtype, layout, bias)
+    x, w, b = layer_tensors(layer, dtype, layout, bias=bias)
     dispatch = explain(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups,
                        activation=activation, device_name=device_name)
     size = x.element_size()
@@ -151,7 +135,7 @@ def format_analysis(a: Analysis, gpu_note: str = "") -> str:
                  f"{k} {human(v, 'B')}" for k, v in a.bytes_by_tensor.items()) + ", each moved once)",
              f"intensity {a.intensity:.1f} FLOP/byte"]
     if a.gpu is None:
-        lines.append(f"GPU       {a.device_name}: no peak figures in mcconv.gpus, so no roofline")
+        lines.append(f"GPU       {a.device_name}: no peak figures in mcconv.tools.gpus, so no roofline")
     else:
         kind = f"{a.peak_key} tensor-core" if a.tensor_cores else "fp32 CUDA-core (no tensor cores)"
         lines += [f"GPU       {a.gpu.title}{gpu_note}: {a.peak_tflops:g} TFLOP/s {kind} peak, "
@@ -164,7 +148,8 @@ def format_analysis(a: Analysis, gpu_note: str = "") -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str, name: str, count: int | None = None) -> tuple:
+def ints(text: str, name: str, count: int | None = None) -> tuple:
+    """Comma-separated integers ('x' also separates: 3x3)."""
     try:
         values = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
@@ -174,29 +159,19 @@ def _ints(text: str, name: str, count: int | None = None) -> tuple:
     return values
 
 
-def _pair(text: str, name: str) -> tuple:
-    values = _ints(text, name)
-    if len(values) == 1:
-        return values * 2
-    if len(values) != 2:
-        raise ValueError(f"{name}: expected an int or a pair 'h,w', got {text!r}")
-    return values
+def layer_from_args(args, name: str = "plan") -> Conv:
+    """The :class:`Conv` that the command line's shape options describe.
 
-
-def layer_from_args(args) -> Conv:
-    """The :class:`Conv` that ``mcconv plan``'s options describe."""
-    n, c, h, w = _ints(args.input, "--input", 4)
-    k, cg, kh, kw = _ints(args.weight, "--weight", 4)
-    dilation = _pair(args.dilation, "--dilation")
-    if args.padding in ("same", "valid"):
-        if args.padding == "same" and (kh % 2 == 0 or kw % 2 == 0):
-            raise ValueError("--padding same: give explicit padding for an even-sized kernel")
-        padding = (0, 0) if args.padding == "valid" else (dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2)
-    else:
-        padding = _pair(args.padding, "--padding")
-    if cg * args.groups != c:
-        raise ValueError(f"--weight: expected shape[1] == C / groups = {c} / {args.groups}, got {cg}")
-    return Conv("plan", n, c, h, w, k, kh, kw, _pair(args.stride, "--stride"), padding, dilation, args.groups)
+    stride, padding and dilation go to mcconv as given (padding "same", "valid", 1, 2 or 4
+    integers), so the library's own rules decide what is valid and what the output is.
+    """
+    n, c, h, w = ints(args.input, "--input", 4)
+    k, cg, kh, kw = ints(args.weight, "--weight", 4)
+    padding = args.padding if args.padding in ("same", "valid") else ints(args.padding, "--padding")
+    layer = Conv(name, n, c, h, w, k, kh, kw, ints(args.stride, "--stride"), padding, ints(args.dilation, "--dilation"),
+                 args.groups)
+    layer.spec  # noqa: B018 - validates as mcconv.conv2d would, raising its errors
+    return layer
 
 
 def plan_command(args) -> int:
@@ -208,7 +183,7 @@ def plan_command(args) -> int:
         layer = layer_from_args(args)
         a = analyze(layer, args.dtype, args.layout, args.gpu, bias=args.bias, activation=args.activation)
     except (ValueError, TypeError) as err:
-        print(f"mcconv plan: {err}")
+        print(f"mcconv plan: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(a.as_dict(), indent=1))
@@ -220,19 +195,25 @@ def plan_command(args) -> int:
     return 0
 
 
-def _configure(p) -> None:
+def add_shape_options(p) -> None:
+    """The options that describe one convolution (plan and inspect)."""
     p.add_argument("--input", required=True, help="input shape N,C,H,W (e.g. 32,64,56,56)")
     p.add_argument("--weight", required=True, help="weight shape K,C/groups,KH,KW (e.g. 64,64,3,3)")
-    p.add_argument("--stride", default="1", help="int or 'h,w' (default 1)")
-    p.add_argument("--padding", default="0", help="int, 'h,w', 'same' or 'valid' (default 0)")
-    p.add_argument("--dilation", default="1", help="int or 'h,w' (default 1)")
-    p.add_argument("--groups", type=int, default=1)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
-    p.add_argument("--layout", choices=LAYOUTS, default="channels_last")
-    p.add_argument("--bias", action="store_true", help="count a bias (K elements)")
-    p.add_argument("--activation", choices=[a for a in ACTIVATIONS if a], help="fused activation")
+    p.add_argument("--stride", default="1", help="int or 'h,w'")
+    p.add_argument("--padding", default="0",
+                   help="int, 'h,w', 'top,bottom,left,right', 'same' or 'valid'")
+    p.add_argument("--dilation", default="1", help="int or 'h,w'")
+    p.add_argument("--groups", type=int, default=1, help="channel groups")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="input, weight and output dtype")
+    p.add_argument("--layout", choices=LAYOUTS, default="channels_last", help="memory format of input and weight")
+    p.add_argument("--bias", action="store_true", help="with a bias (K elements)")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), help="fused activation (default: none)")
     p.add_argument("--gpu", help="GPU model for peaks and tile table: " + ", ".join(sorted(gpus.GPUS))
                    + " or a torch device name (default: this machine's GPU, else h100-sxm)")
+
+
+def _configure(p) -> None:
+    add_shape_options(p)
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
 
 

@@ -1,18 +1,18 @@
-"""mcconv's convolution as PyTorch custom operators (``torch.ops.mcconv.*``).
+"""mcconv's convolution as PyTorch custom operators (``torch.ops.mcconv.*``), autograd and autocast.
 
 The forward and every backward piece are opaque custom ops with fake (meta) implementations,
 so autograd, ``torch.compile(fullgraph=True)`` (forward *and* the traced backward graph) and
 ``torch.library.opcheck`` all see mcconv as single nodes whose Triton kernels run at execution
-time. Gradients are computed by the Triton kernels of :mod:`mcconv._backward`.
+time. Gradients are computed by the Triton kernels of :mod:`mcconv.ops`.
 
 Ops (``padding`` is always the normalised ``(top, bottom, left, right)``; ``activation`` is
-``"none"``, ``"relu"``, ``"silu"`` or ``"gelu"``):
+``"none"`` or a name in :data:`mcconv.epilogue.ACTIVATIONS`; inputs may be unbatched 3-D):
 
 * ``mcconv::conv2d(input, weight, bias?, stride, padding, dilation, groups, activation, residual?=None) -> y``:
   ``act(conv2d(input, weight) + bias + residual)``, the residual (the output's shape, any
   strides) added in the kernel's epilogue; its gradient is dL/dz.
 * ``mcconv::conv2d_preact(...same...) -> (y, z)``: also returns the pre-activation ``z``, which
-  the silu/gelu backward needs; :func:`conv2d` uses it when a gradient will be taken.
+  an activation whose derivative reads z needs; :func:`conv2d` uses it when a gradient will be taken.
 * ``mcconv::conv2d_input_grad``, ``mcconv::conv2d_weight_grad``, ``mcconv::conv2d_bias_grad``,
   ``mcconv::activation_grad``, ``mcconv::activation_bias_grad``: the backward kernels (no
   double backward).
@@ -25,8 +25,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _backward, _launch
-from ._validate import check_activation, check_residual, check_tensors, conv_geometry, output_size
+from . import ops
+from ._plan import contiguous_strides, follows_channels_last
+from ._spec import ConvSpec, describe, output_channels_last
+from .epilogue import activation as _activation
+from .ops import forward
 
 _NO_ACT = "none"  # the schema's spelling of activation=None
 
@@ -35,19 +38,12 @@ def _act(activation: str):
     return None if activation == _NO_ACT else activation
 
 
-def _channels_last(t: Tensor) -> bool:
-    return _launch._channels_last(t)
-
-
-def _empty_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
-    """An output tensor laid out as the forward launcher lays it out (channels_last in -> out)."""
-    p, q = output_size(input.shape[-2], input.shape[-1], weight.shape[2], weight.shape[3], padding, stride,
-                       dilation)
-    if input.dim() == 3:
-        return input.new_empty((weight.shape[0], p, q))
-    fmt = torch.channels_last if _channels_last(input) else torch.contiguous_format
-    return torch.empty((input.shape[0], weight.shape[0], p, q), dtype=input.dtype, device=input.device,
-                       memory_format=fmt)
+def _empty_output(input: Tensor, weight: Tensor, stride, padding, dilation, groups) -> Tensor:
+    """An output tensor laid out as the forward launcher lays it out (one rule: mcconv._spec)."""
+    spec = ConvSpec.from_shapes(input.shape, weight.shape, stride, padding, dilation, groups)
+    cl = output_channels_last(input.shape, input.stride(), weight.shape, weight.stride())
+    shape = spec.output_shape
+    return torch.empty_strided(shape, contiguous_strides(shape, cl), dtype=input.dtype, device=input.device)
 
 
 # --------------------------------------------------------------------------- forward ops
@@ -56,13 +52,13 @@ def _empty_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> T
 def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
               dilation: list[int], groups: int, activation: str, residual: Optional[Tensor] = None) -> Tensor:
     """``act(conv2d(input, weight) + bias + residual)`` with normalised arguments (see the module docstring)."""
-    return _launch.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
-                                  _act(activation), residual=residual)
+    return ops.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                              _act(activation), residual=residual)
 
 
 @conv2d_op.register_fake
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
-    return _empty_output(input, weight, stride, padding, dilation)
+    return _empty_output(input, weight, stride, padding, dilation, groups)
 
 
 @torch.library.custom_op("mcconv::conv2d_preact", mutates_args=())
@@ -70,8 +66,8 @@ def conv2d_preact_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stri
                      padding: list[int], dilation: list[int], groups: int,
                      activation: str, residual: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """``(y, z)``: the activated output and the pre-activation ``z = conv2d(input, weight) + bias (+ residual)``."""
-    y, z = _launch.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
-                                  _act(activation), return_preact=True, residual=residual)
+    y, z = ops.conv2d_forward(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                              _act(activation), residual=residual, return_preact=True)
     if z is y:  # no activation: y == z, but a custom op's outputs may not alias each other
         z = y.clone()
     return y, z
@@ -79,17 +75,17 @@ def conv2d_preact_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stri
 
 @conv2d_preact_op.register_fake
 def _conv2d_preact_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
-    return (_empty_output(input, weight, stride, padding, dilation),
-            _empty_output(input, weight, stride, padding, dilation))
+    return (_empty_output(input, weight, stride, padding, dilation, groups),
+            _empty_output(input, weight, stride, padding, dilation, groups))
 
 
 # --------------------------------------------------------------------------- backward ops
-# Each returns the layout that mcconv._backward documents (channels_last dL/dinput and dL/dz
-# when grad_z / grad_y is, else contiguous); the fakes state it, and _in_layout only guards it,
-# since under torch.compile a custom op's real strides must match its fake's.
+# Each returns the layout that mcconv.ops documents (channels_last dL/dinput and dL/dz when
+# grad_z / grad_y suggests channels_last, else contiguous); the fakes state it, and _in_layout
+# only guards it, since under torch.compile a custom op's real strides must match its fake's.
 
 def _format_of(t: Tensor):
-    return torch.channels_last if _channels_last(t) else torch.contiguous_format
+    return torch.channels_last if follows_channels_last(t) else torch.contiguous_format
 
 
 def _in_layout(t: Tensor, memory_format) -> Tensor:
@@ -104,7 +100,7 @@ def _empty_like_layout(t: Tensor) -> Tensor:
 def conv2d_input_grad_op(grad_z: Tensor, weight: Tensor, input_shape: list[int], stride: list[int],
                          padding: list[int], dilation: list[int], groups: int) -> Tensor:
     """dL/dinput of the convolution, given dL/dz."""
-    grad = _backward.conv2d_input_grad(grad_z, weight, tuple(input_shape), tuple(stride), tuple(padding),
+    grad = ops.conv2d_input_grad(grad_z, weight, tuple(input_shape), tuple(stride), tuple(padding),
                                        tuple(dilation), groups)
     return _in_layout(grad, _format_of(grad_z))
 
@@ -118,7 +114,7 @@ def _input_grad_fake(grad_z, weight, input_shape, stride, padding, dilation, gro
 def conv2d_weight_grad_op(grad_z: Tensor, input: Tensor, weight_shape: list[int], stride: list[int],
                           padding: list[int], dilation: list[int], groups: int) -> Tensor:
     """dL/dweight of the convolution, given dL/dz (contiguous)."""
-    grad = _backward.conv2d_weight_grad(grad_z, input, tuple(weight_shape), tuple(stride), tuple(padding),
+    grad = ops.conv2d_weight_grad(grad_z, input, tuple(weight_shape), tuple(stride), tuple(padding),
                                         tuple(dilation), groups)
     return _in_layout(grad, torch.contiguous_format)
 
@@ -131,7 +127,7 @@ def _weight_grad_fake(grad_z, input, weight_shape, stride, padding, dilation, gr
 @torch.library.custom_op("mcconv::conv2d_bias_grad", mutates_args=())
 def conv2d_bias_grad_op(grad_z: Tensor) -> Tensor:
     """dL/dbias: ``grad_z`` summed over batch and pixels."""
-    return _backward.conv2d_bias_grad(grad_z)
+    return ops.conv2d_bias_grad(grad_z)
 
 
 @conv2d_bias_grad_op.register_fake
@@ -144,7 +140,7 @@ def activation_grad_op(grad_y: Tensor, saved: Tensor, activation: str) -> Tensor
     """dL/dz from dL/dy; ``saved`` is y for relu and z for silu/gelu."""
     if activation == _NO_ACT:  # the launcher returns grad_y itself; an op's output may not alias
         return grad_y.clone(memory_format=_format_of(grad_y))
-    return _in_layout(_backward.activation_grad(grad_y, saved, activation), _format_of(grad_y))
+    return _in_layout(ops.activation_grad(grad_y, saved, activation), _format_of(grad_y))
 
 
 @activation_grad_op.register_fake
@@ -155,7 +151,7 @@ def _activation_grad_fake(grad_y, saved, activation):
 @torch.library.custom_op("mcconv::activation_bias_grad", mutates_args=())
 def activation_bias_grad_op(grad_y: Tensor, saved: Tensor, activation: str) -> tuple[Tensor, Tensor]:
     """``(dL/dz, dL/dbias)`` in one pass over ``grad_y`` (relu, silu or gelu)."""
-    grad_z, grad_b = _backward.activation_bias_grad(grad_y, saved, activation)
+    grad_z, grad_b = ops.activation_bias_grad(grad_y, saved, activation)
     if grad_z is grad_y:  # activation "none": dL/dz is grad_y itself
         grad_z = grad_y.clone(memory_format=_format_of(grad_y))
     return _in_layout(grad_z, _format_of(grad_y)), grad_b
@@ -213,13 +209,13 @@ def _conv_grads(ctx, grad_z, grad_bias):
 
 
 def _setup_conv2d(ctx, inputs, output):
-    activation = inputs[7]
-    # relu's derivative is read off y. silu/gelu through this op (conv2d() uses conv2d_preact
-    # instead; this serves direct calls of torch.ops.mcconv.conv2d) recompute z in the backward,
-    # hence the bias is saved.
-    ctx.recompute_z = _backward.needs_preact(activation)
-    _setup(ctx, inputs, output if activation == "relu" else inputs[2] if ctx.recompute_z else None,
-           keep_operands=ctx.recompute_z)
+    act = _activation(inputs[7])
+    # A derivative that reads y gets y. One that reads z, through this op (conv2d() uses
+    # conv2d_preact instead; this serves direct calls of torch.ops.mcconv.conv2d), recomputes z
+    # in the backward, hence the bias is saved.
+    ctx.recompute_z = act is not None and act.needs_preact
+    saved = output if act is not None and not act.needs_preact else inputs[2] if ctx.recompute_z else None
+    _setup(ctx, inputs, saved, keep_operands=ctx.recompute_z)
 
 
 def _backward_conv2d(ctx, grad_y):
@@ -233,9 +229,9 @@ def _backward_conv2d(ctx, grad_y):
 def _setup_conv2d_preact(ctx, inputs, output):
     # z is usually discarded by the caller: take None for its gradient rather than a zero tensor.
     ctx.set_materialize_grads(False)
-    activation = inputs[7]
+    act = _activation(inputs[7])
     y, z = output
-    _setup(ctx, inputs, y if activation == "relu" else z if activation != _NO_ACT else None)
+    _setup(ctx, inputs, None if act is None else z if act.needs_preact else y)
 
 
 def _backward_conv2d_preact(ctx, grad_y, grad_z_out):
@@ -288,21 +284,6 @@ for _name, _opdef in (("conv2d", conv2d_op), ("conv2d_preact", conv2d_preact_op)
 
 # --------------------------------------------------------------------------- Python entry point
 
-_normalised: dict = {}
-_MAX_NORMALISED = 4096
-
-
-def _normalise(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
-    """Validate (raising the launcher's ValueError/TypeError) and give the op's arguments."""
-    check_tensors(input, weight, bias)
-    check_activation(activation)
-    g = conv_geometry(tuple(input.shape), tuple(weight.shape), stride, padding, dilation, groups)
-    if residual is not None:
-        check_residual(residual, input, g.output_shape[1:] if input.dim() == 3 else g.output_shape)
-    # tuples (the ops' int[] arguments take them); whether the backward will need z
-    return g.stride, g.padding, g.dilation, activation or _NO_ACT, _backward.needs_preact(activation)
-
-
 def _autocast_dtype(device_type: str):
     try:
         if torch.is_autocast_enabled(device_type):
@@ -328,11 +309,12 @@ def _plain_eager(input, weight, bias, residual=None) -> bool:
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, residual=None):
-    """:func:`mcconv.conv2d`: validate and normalise the arguments, then run the convolution.
+    """:func:`mcconv.conv2d`: describe and validate the call once, then run the convolution.
 
-    With a gradient to take: ``mcconv::conv2d``, or ``mcconv::conv2d_preact`` for silu/gelu (z
-    saved for the backward). Without (inference, plain tensors, eager): the launcher directly.
-    Under ``torch.compile`` always an op. Under autocast the tensors are cast first, as
+    Eager: the forward plan (cached per kind of call, validated when built) describes the call.
+    Without a gradient to take (inference, plain tensors) it launches directly; with one it
+    calls ``mcconv::conv2d``, or ``mcconv::conv2d_preact`` when the activation's derivative
+    reads z. Under ``torch.compile`` always an op. Under autocast the tensors are cast first, as
     ``aten::conv2d`` casts them, so that the dtype checks see what the kernel will run in.
     """
     if isinstance(input, Tensor) and isinstance(weight, Tensor):
@@ -346,38 +328,18 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                 residual = _autocast_cast(residual, device_type, cast_to)
     compiling = torch.compiler.is_compiling()
     if compiling:
-        args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation, residual)
+        spec = describe(input, weight, bias, stride, padding, dilation, groups, activation, residual)
     else:
-        # Eager: everything checked depends only on this key, so validate once per kind of call.
-        try:
-            key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
-                   None if bias is None else (bias.shape, bias.dtype, bias.device),
-                   stride, padding, dilation, groups, activation,
-                   None if residual is None else (residual.shape, residual.dtype, residual.device))
-            args = _normalised.get(key)
-        except (AttributeError, TypeError):  # not tensors, or unhashable options: validate, do not cache
-            key = args = None
-        if args is None:
-            args = _normalise(input, weight, bias, stride, padding, dilation, groups, activation, residual)
-            if key is not None:
-                if len(_normalised) >= _MAX_NORMALISED:
-                    _normalised.clear()
-                _normalised[key] = args
-    stride, padding, dilation, act, preact = args
-    unbatched = input.dim() == 3
-    if unbatched:
-        input = input.unsqueeze(0)
-        if residual is not None:
-            residual = residual.unsqueeze(0)
+        plan = forward.plan(input, weight, bias, stride, padding, dilation, groups, activation, residual)
+        spec = plan.spec
     needs_grad = torch.is_grad_enabled() and (
         input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         or (residual is not None and residual.requires_grad))
     if not (compiling or needs_grad) and _plain_eager(input, weight, bias, residual):
-        # Inference on plain tensors: the op's Python dispatch would add ~50 us to each call.
-        y = _launch.conv2d_forward(input, weight, bias, stride, padding, dilation, groups, _act(act),
-                                   residual=residual)
-    elif needs_grad and preact:
-        y = conv2d_preact_op(input, weight, bias, stride, padding, dilation, groups, act, residual)[0]
-    else:
-        y = conv2d_op(input, weight, bias, stride, padding, dilation, groups, act, residual)
-    return y.squeeze(0) if unbatched else y
+        # Inference on plain tensors: the op's Python dispatch would add tens of microseconds per call.
+        return forward.run(plan, input, weight, bias, residual)
+    act = _NO_ACT if spec.activation is None else spec.activation.name
+    args = (spec.stride, spec.padding, spec.dilation, spec.groups, act)
+    if needs_grad and spec.activation is not None and spec.activation.needs_preact:
+        return conv2d_preact_op(input, weight, bias, *args, residual)[0]
+    return conv2d_op(input, weight, bias, *args, residual)

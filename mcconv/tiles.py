@@ -1,7 +1,8 @@
 """Tile configurations as data.
 
 ``autotune_configs/<kernel>/candidates.json`` holds each kernel's heuristic default and the
-candidates that autotuning sweeps; ``autotune_configs/<kernel>/<device_name>.json`` holds tuned
+candidates that autotuning sweeps (every kernel declared in ``mcconv/ops/`` has one);
+``autotune_configs/<kernel>/<device_name>.json`` holds tuned
 entries for one GPU model, keyed by a bucketed shape (see :func:`shape_key`), so that a new
 shape reuses the entry of its bucket instead of retuning. ``MCCONV_CONFIG_DIR`` names an extra
 folder of tables with the same layout, read after (and overriding) the packaged ones.
@@ -15,9 +16,6 @@ from importlib import resources
 from pathlib import Path
 
 CONFIG_DIR_ENV = "MCCONV_CONFIG_DIR"
-KERNELS = ("conv_direct", "gemm_1x1", "depthwise",
-           # backward (mcconv._backward)
-           "conv_dgrad", "conv_wgrad", "depthwise_dgrad", "depthwise_wgrad", "bias_act_grad")
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 # tl.dot needs every tile dimension >= 16 on the GPU; smaller problems are masked instead.
 MIN_BLOCK = 16
@@ -41,10 +39,10 @@ def _parse_key(key: str):
 @functools.lru_cache(maxsize=None)
 def kernel_spec(kernel: str) -> dict:
     """The packaged ``candidates.json`` of a kernel (default config and candidate list)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
-    text = resources.files("mcconv.autotune_configs").joinpath(kernel, "candidates.json").read_text()
-    return json.loads(text)
+    path = resources.files("mcconv.autotune_configs").joinpath(kernel, "candidates.json")
+    if not path.is_file():
+        raise ValueError(f"kernel: no tile candidates for {kernel!r} (autotune_configs/{kernel}/candidates.json)")
+    return json.loads(path.read_text())
 
 
 def candidates(kernel: str) -> list[dict]:
@@ -103,8 +101,8 @@ def load_table(kernel: str, device: str) -> dict:
     return entries
 
 
-def _fit(config: dict, limits: dict) -> dict:
-    """Shrink block sizes that exceed the problem (never below MIN_BLOCK)."""
+def fit(config: dict, limits: dict) -> dict:
+    """Shrink block sizes that exceed the problem (never below MIN_BLOCK), as the runtime does."""
     fitted = dict(config)
     for name, size in limits.items():
         if name in fitted:
@@ -123,7 +121,7 @@ def select_config(kernel: str, device: str | None, dtype: str, m: int, n: int, r
     table = load_table(kernel, device) if device else {}
     key = shape_key(dtype, m, n, r)
     if key in table:
-        return _fit(table[key]["config"], limits), f"table {device}.json [{key}]"
+        return fit(table[key]["config"], limits), f"table {device}.json [{key}]"
     _, dims = _parse_key(key)
     best, best_distance = None, math.inf
     for other in table:
@@ -134,5 +132,5 @@ def select_config(kernel: str, device: str | None, dtype: str, m: int, n: int, r
         if distance < best_distance:
             best, best_distance = other, distance
     if best is not None:
-        return _fit(table[best]["config"], limits), f"nearest in {device}.json [{best}]"
-    return _fit(kernel_spec(kernel)["default"], limits), "heuristic default"
+        return fit(table[best]["config"], limits), f"nearest in {device}.json [{best}]"
+    return fit(kernel_spec(kernel)["default"], limits), "heuristic default"
