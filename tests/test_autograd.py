@@ -18,7 +18,6 @@ OPS = torch.ops.mcconv
 # system g++. A CPU machine without a C++ compiler falls back to aot_eager, which still traces
 # the forward and backward graphs through the ops' fake implementations.
 COMPILE_BACKEND = "inductor" if ON_GPU or shutil.which("g++") else "aot_eager"
-_ACTS = {None: lambda z: z, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
 
 # (name, N, C, H, W, K, kernel, options); activations are spread over the cases.
 CASES = [
@@ -63,7 +62,12 @@ def _reference_grads(x, w, b, grad_y, y_mc, opts):
     else:
         z = F.conv2d(x64, w64, b64, **kw)
     activation = opts.get("activation")
-    y = z * (y_mc.detach().cpu() > 0) if activation == "relu" else _ACTS[activation](z)
+    if activation is None:
+        y = z
+    elif activation == "relu":
+        y = z * (y_mc.detach().cpu() > 0)
+    else:
+        y = mcconv.ACTIVATIONS[activation].reference(z)
     leaves = [t for t in (x64, w64, b64) if t is not None]
     return y, torch.autograd.grad(y, leaves, grad_y.detach().double().cpu())
 

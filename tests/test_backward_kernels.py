@@ -200,7 +200,7 @@ def test_split_reduction(monkeypatch, name, split):
 # ---------------------------------------------------------------------------------- activations
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_activation_grad(activation, dtype):
     z = (3 * torch.randn(2, 5, 4, 6, device=DEVICE)).to(dtype)
     z[0, 0, 0, :3] = 0.0  # relu's derivative at 0 is 0, as in torch

@@ -17,8 +17,11 @@ from reference import DEVICE, ON_GPU, assert_conv_close, reference_conv2d, unit_
 
 OPS = torch.ops.mcconv
 COMPILE_BACKEND = "inductor" if ON_GPU or shutil.which("g++") else "aot_eager"
-_ACTS = {None: lambda z: z, "relu": F.relu, "silu": F.silu, "gelu": F.gelu}
-ACTIVATIONS = [None, "relu", "silu", "gelu"]
+ACTIVATIONS = [None, *mcconv.ACTIVATIONS]
+
+
+def _act(name):
+    return (lambda z: z) if name is None else mcconv.ACTIVATIONS[name].reference
 
 # kernel name -> (N, C, H, W, K, kernel, conv options); sizes are not multiples of any block.
 KINDS = {
@@ -62,7 +65,7 @@ def _residual(shape, layout, dtype, device=DEVICE):
 
 def _reference(x, w, b, r, opts, activation):
     z = reference_conv2d(x, w, b, **opts) + r.detach().double().cpu()
-    return _ACTS[activation](z)
+    return _act(activation)(z)
 
 
 def _reduction(kind):
@@ -171,7 +174,7 @@ def test_gradients_match_float64_reference(kind, activation, layout, dtype):
     x64, w64, b64, r64 = ref_leaves
     z = F.conv2d(x64, w64, b64, **opts) + r64
     # relu's mask from mcconv's own y: a pre-activation rounded across zero is not an error.
-    y64 = z * (y.detach().cpu() > 0) if activation == "relu" else _ACTS[activation](z)
+    y64 = z * (y.detach().cpu() > 0) if activation == "relu" else _act(activation)(z)
     grads_ref = torch.autograd.grad(y64, ref_leaves, gy.detach().double().cpu())
     _, c, _, _, k, kernel, _ = KINDS[kind]
     groups = opts.get("groups", 1)
