@@ -45,6 +45,10 @@ def _make(n, c, h, w, k, kernel, opts, dtype, device=DEVICE):
     return x, wt.to(dtype), b
 
 
+def _act(name):
+    return (lambda z: z) if name is None else mcconv.ACTIVATIONS[name].reference
+
+
 def _conv_kwargs(opts):
     return {key: opts[key] for key in ("stride", "padding", "dilation", "groups") if key in opts}
 
@@ -62,12 +66,7 @@ def _reference_grads(x, w, b, grad_y, y_mc, opts):
     else:
         z = F.conv2d(x64, w64, b64, **kw)
     activation = opts.get("activation")
-    if activation is None:
-        y = z
-    elif activation == "relu":
-        y = z * (y_mc.detach().cpu() > 0)
-    else:
-        y = mcconv.ACTIVATIONS[activation].reference(z)
+    y = z * (y_mc.detach().cpu() > 0) if activation == "relu" else _act(activation)(z)
     leaves = [t for t in (x64, w64, b64) if t is not None]
     return y, torch.autograd.grad(y, leaves, grad_y.detach().double().cpu())
 
@@ -114,7 +113,7 @@ def test_only_needed_gradients_are_computed():
 
 def _reference_grads_all(x, w, b, grad_y, opts):
     x64, w64, b64 = (t.detach().double().cpu().requires_grad_() for t in (x, w, b))
-    y = _ACTS[opts.get("activation")](F.conv2d(x64, w64, b64, **_conv_kwargs(opts)))
+    y = _act(opts.get("activation"))(F.conv2d(x64, w64, b64, **_conv_kwargs(opts)))
     return y, torch.autograd.grad(y, (x64, w64, b64), grad_y.double().cpu())
 
 
@@ -142,7 +141,7 @@ def test_direct_op_call_recomputes_preactivation(activation):
     gy = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, w), gy)
     x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
-    grads_ref = torch.autograd.grad(_ACTS[activation](F.conv2d(x64, w64, padding=1)), (x64, w64), gy.double())
+    grads_ref = torch.autograd.grad(_act(activation)(F.conv2d(x64, w64, padding=1)), (x64, w64), gy.double())
     for got, want, length in zip(grads, grads_ref, (27, 32)):
         _assert_grad_close(got, want, torch.float32, length)
 
