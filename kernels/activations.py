@@ -50,3 +50,19 @@ def gelu_grad(z):
     cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
     pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
     return cdf + z * pdf
+
+
+@triton.jit
+def hardswish(x):
+    # x * relu6(x + 3) / 6 (MobileNetV3), clamped with comparisons that keep NaN.
+    r = tl.where(x + 3.0 < 0.0, 0.0, x + 3.0)
+    r = tl.where(r > 6.0, 6.0, r)
+    return x * r / 6.0
+
+
+@triton.jit
+def hardswish_grad(z):
+    # As torch's hardswish_backward: 0 up to -3, z/3 + 1/2 below 3, 1 from 3 on; NaN gives NaN
+    # (torch's CPU kernel does; its CUDA kernel passes the gradient through).
+    z = z.to(tl.float32)
+    return tl.where(z >= 3.0, 1.0, tl.where(z <= -3.0, 0.0, z / 3.0 + 0.5))

@@ -46,6 +46,7 @@ ACTIVATIONS = {a.name: a for a in (
     Activation("relu", F.relu, "output"),
     Activation("silu", F.silu, "preact"),
     Activation("gelu", F.gelu, "preact"),  # erf form: F.gelu's default approximate="none"
+    Activation("hardswish", F.hardswish, "preact"),  # MobileNetV3's
 )}
 
 
