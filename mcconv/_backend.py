@@ -91,8 +91,37 @@ def _mismatch(wanted: bool, triton_interpreted: bool) -> None:
         "Python process without it to run on the GPU.")
 
 
+_capture = threading.local()  # .launches: a list while capture() records this thread's launches
+CAPTURING = [0]  # captures active in any thread: the launch path's cheap test before the thread-local
+
+
+@contextlib.contextmanager
+def capture():
+    """Record the kernel launches made in this thread instead of running them; yields the list of
+    ``(jit_function, grid, args, kwargs)``. Tensors may then be on any device, ``meta`` included."""
+    outer = getattr(_capture, "launches", None)
+    _capture.launches = launches = []
+    CAPTURING[0] += 1
+    try:
+        yield launches
+    finally:
+        CAPTURING[0] -= 1
+        _capture.launches = outer
+
+
+def launch(fn, grid, args: tuple, kwargs) -> None:
+    """``fn[grid](*args, **kwargs)``, or its record under :func:`capture`."""
+    launches = getattr(_capture, "launches", None) if CAPTURING[0] else None
+    if launches is None:
+        fn[grid](*args, **kwargs)
+    else:
+        launches.append((fn, grid, args, dict(kwargs)))
+
+
 def check_runnable(device: torch.device) -> None:
-    """CUDA tensors run natively; CPU tensors only under Triton's interpreter."""
+    """CUDA tensors run natively; CPU tensors only under Triton's interpreter (any device under capture)."""
+    if CAPTURING[0] and getattr(_capture, "launches", None) is not None:
+        return
     if device.type == "cuda":
         if interpreted():
             raise ConvTypeError("input: got a CUDA tensor, but TRITON_INTERPRET=1 runs mcconv's kernels through "

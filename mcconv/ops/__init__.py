@@ -7,8 +7,11 @@
 
 The functions below are the launchers without autograd (the custom ops of ``mcconv._autograd``
 call them): each validates on the first call of a kind, then looks its plan up and launches.
-The device code is in ``kernels/`` (installed as ``mcconv._kernels``).
+``with mcconv.ops.capture() as launches:`` records the launches instead (tensors may be on the
+``meta`` device): what ``inspect`` and the native-compile test compile. The device code is in
+``kernels/`` (installed as ``mcconv._kernels``).
 """
+from .._backend import capture  # noqa: F401 - record launches instead of running them (tools)
 from . import bias_act, forward, input_grad, weight_grad  # noqa: F401 - registers the kernels, in dispatch order
 
 

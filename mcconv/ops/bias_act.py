@@ -149,7 +149,8 @@ def run(plan: _plan.Plan, grad_y, saved=None):
     elif plan.split > 1:
         target = torch.empty((plan.split, spec.k), dtype=torch.float32, device=grad_y.device)
     with _backend.launch_guard(grad_y.device):
-        plan.fn[plan.grid](grad_y, grad_y if saved is None else saved, grad_z, target, *plan.args, **plan.meta)
+        _backend.launch(plan.fn, plan.grid, (grad_y, grad_y if saved is None else saved, grad_z, target, *plan.args),
+                        plan.meta)
         if grad_b is not None and plan.split > 1:
             split_sum(target, grad_b, plan.index_64)
     return grad_z, grad_b

@@ -166,7 +166,10 @@ def run(plan: _plan.Plan, input, weight, bias=None, residual=None, preact: bool 
         # The kernels index the bias with unit stride; a strided view (e.g. b[::2]) needs a copy.
         bias = weight if bias is None else bias.contiguous()
         meta = {**plan.meta, "STORE_PREACT": True} if store_z else plan.meta
-        with _backend.launch_guard(input.device):
-            plan.fn[plan.grid](input, weight, bias, y, z, weight if residual is None else residual,
-                               *plan.args, **meta)
+        residual = weight if residual is None else residual  # any pointer without one
+        if _backend.CAPTURING[0]:
+            _backend.launch(plan.fn, plan.grid, (input, weight, bias, y, z, residual, *plan.args), meta)
+        else:  # the inference hot path: straight to Triton
+            with _backend.launch_guard(input.device):
+                plan.fn[plan.grid](input, weight, bias, y, z, residual, *plan.args, **meta)
     return (y, z) if preact else y

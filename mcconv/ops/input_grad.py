@@ -171,5 +171,5 @@ def run(plan: _plan.Plan, grad_z, weight):
     if grad_z.device.type != "cuda":
         _backend.check_runnable(grad_z.device)
     with _backend.launch_guard(grad_z.device):
-        plan.fn[plan.grid](*plan.kernel.pointers(grad_z, weight, dx), *plan.args, **plan.meta)
+        _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, dx), *plan.args), plan.meta)
     return dx

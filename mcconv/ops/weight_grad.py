@@ -155,8 +155,8 @@ def split_sum(partial, out, index_64: bool):
     from mcconv._kernels import split_sum_kernel
 
     total = out.numel()
-    split_sum_kernel[(_cdiv(total, SPLIT_SUM_BLOCK),)](partial, out, partial.shape[0], total, BLOCK=SPLIT_SUM_BLOCK,
-                                                        INDEX_64=index_64, num_warps=4)
+    _backend.launch(split_sum_kernel, (_cdiv(total, SPLIT_SUM_BLOCK),), (partial, out, partial.shape[0], total),
+                    {"BLOCK": SPLIT_SUM_BLOCK, "INDEX_64": index_64, "num_warps": 4})
 
 
 def run(plan: _plan.Plan, grad_z, input):
@@ -169,7 +169,7 @@ def run(plan: _plan.Plan, grad_z, input):
     target = out if plan.split == 1 else torch.empty((plan.split, *out.shape), dtype=torch.float32,
                                                      device=out.device)
     with _backend.launch_guard(input.device):
-        plan.fn[plan.grid](grad_z, input, target, *plan.args, **plan.meta)
+        _backend.launch(plan.fn, plan.grid, (grad_z, input, target, *plan.args), plan.meta)
         if plan.split > 1:
             split_sum(target, out, plan.index_64)
     return out
