@@ -126,9 +126,11 @@ def human(value: float, unit: str) -> str:
 
 def format_analysis(a: Analysis, gpu_note: str = "") -> str:
     """The human-readable report that ``mcconv plan`` prints."""
-    layer = a.layer
+    layer, spec = a.layer, a.layer.spec
+    padding = spec.padding if not isinstance(layer.padding, str) else f"{layer.padding!r} = {spec.padding}"
     lines = [f"conv2d    input {layer.input_shape} {a.dtype} {a.layout}, weight {layer.weight_shape}, "
-             f"stride {layer.stride}, padding {layer.padding}, dilation {layer.dilation}, groups {layer.groups}",
+             f"stride {spec.stride}, padding {padding} (top, bottom, left, right), dilation {spec.dilation}, "
+             f"groups {spec.groups}",
              f"output    {a.output_shape}",
              f"FLOPs     {human(a.flops, 'FLOP')} ({a.flops:,} = 2*N*K*P*Q*(C/groups)*KH*KW)",
              "bytes     " + human(a.bytes, "B") + " (" + " + ".join(
