@@ -62,7 +62,6 @@ def hardswish(x):
 
 @triton.jit
 def hardswish_grad(z):
-    # As torch's hardswish_backward: 0 up to -3, z/3 + 1/2 below 3, 1 from 3 on; NaN gives NaN
-    # (torch's CPU kernel does; its CUDA kernel passes the gradient through).
+    # As torch's CUDA hardswish_backward: 0 up to -3, z/3 + 1/2 below 3, else (3 on, and NaN) 1.
     z = z.to(tl.float32)
-    return tl.where(z >= 3.0, 1.0, tl.where(z <= -3.0, 0.0, z / 3.0 + 0.5))
+    return tl.where(z <= -3.0, 0.0, tl.where(z < 3.0, z / 3.0 + 0.5, 1.0))
