@@ -139,7 +139,7 @@ class ConvSpec:
                                     f"got weight of shape {weight_shape} for an input of {c} channels")
         if min(kh, kw) < 1:
             raise ConvArgumentError(f"weight: expected a kernel of at least 1x1, got {kh}x{kw}")
-        if min(h, w) < 1:
+        if min(h, w) < 1 and n > 0 and c > 0:  # torch's rule: an empty image only in an empty batch
             raise ConvArgumentError(f"input: expected a non-empty image (only the batch or the channels may be 0), "
                                     f"got shape {input_shape}")
         stride = int_pair("stride", stride)
@@ -160,12 +160,16 @@ class ConvSpec:
 # ---------------------------------------------------------------------------------- options
 
 def _is_int(value) -> bool:
-    """An integer as torch's argument parser takes one: int or anything with __index__, not bool."""
+    """An integer as torch's argument parser takes one: int, a numpy integer, a 0-dim integer
+    tensor (anything with __index__), never a bool or a float."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return False
     if isinstance(value, int):
         return True
-    if isinstance(value, (float, torch.Tensor)):
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
+            and value.dtype != torch.bool
+    if isinstance(value, float):
         return False
     try:
         operator.index(value)

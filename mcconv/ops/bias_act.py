@@ -74,6 +74,10 @@ class BiasActGrad(Kernel):
                 {"ACTIVATION_GRAD": None if act is None else act.device_grad(), "STORE_GRAD": spec.store_grad,
                  "REDUCE_BIAS": spec.reduce_bias})
 
+    def loop_trips(self, spec, config, split=1):
+        # kernels/reduce.py: `for r0 in range(start, end, BLOCK_M)` over one program's share of the pixels
+        return [_cdiv(_cdiv(spec.n * spec.p * spec.q, split), config["BLOCK_M"])]
+
 
 def plan(grad_y, saved, activation, reduce_bias: bool, device_name: str | None = None,
          sm_count: int | None = None, grad_name: str = "grad_y") -> _plan.Plan:
@@ -118,11 +122,12 @@ def _build(grad_y, saved, activation, reduce_bias, device_name, sm_count, grad_n
     gz_strides = _plan.contiguous_strides(shape, channels_last)
     saved_strides = (0, 0, 0, 0) if act is None else _plan.batched(saved.stride())
 
+    operands = [(shape, grad_y.stride()), (shape, gz_strides)]  # metadata: no tensor is kept
+    if act is not None:
+        operands.append((shape, saved.stride()))
+
     def spans(split):
-        found = [(shape, grad_y.stride()), (shape, gz_strides), ((split * k,), (1,))]
-        if act is not None:
-            found.append((shape, saved.stride()))
-        return found
+        return [*operands, ((split * k,), (1,))]
 
     strides = {"gy": _plan.batched(grad_y.stride()), "saved": saved_strides, "gz": _plan.batched(gz_strides)}
     return _plan.build(kernel, spec, grad_y.device, _plan.target_of(grad_y.device, device_name, sm_count), strides,

@@ -67,6 +67,10 @@ class DepthwiseWgrad(Kernel):
                  *strides["dy"], *strides["x"], _partial_stride(spec, split), dw[0], dw[2], dw[3]),
                 {"CHANNEL_MULT": spec.k // spec.c})
 
+    def loop_trips(self, spec, config, split=1):
+        # kernels/depthwise_bwd.py: `for r0 in range(start, end, BLOCK_M)` over one program's share
+        return [_cdiv(_cdiv(spec.n * spec.p * spec.q, split), config["BLOCK_M"])]
+
 
 @register
 class ConvWgrad(Kernel):
@@ -96,6 +100,11 @@ class ConvWgrad(Kernel):
         return ((spec.n, spec.c_per_group, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, spec.kh, spec.kw,
                  *_geometry(spec), *strides["dy"], *strides["x"], _partial_stride(spec, split), *strides["dw"]),
                 {"IS_1X1": spec.is_1x1_gemm})
+
+    def loop_trips(self, spec, config, split=1):
+        # kernels/conv2d_wgrad.py: `for r0 in range(start, end, BLOCK_K)` over one program's share
+        # of the pixels (common.py's chunk_bounds: cdiv(cdiv(pixels, split), BLOCK_K) blocks)
+        return [_cdiv(_cdiv(spec.n * spec.p * spec.q, split), config["BLOCK_K"])]
 
 
 # ------------------------------------------------------------------------------------ plans
@@ -141,8 +150,10 @@ def _build(grad_z, input, weight_shape, stride, padding, dilation, groups, tf32,
     out_strides = _plan.contiguous_strides(weight_shape)
     numel = math.prod(weight_shape)
 
+    operands = [(grad_z.shape, grad_z.stride()), (input.shape, input.stride())]  # metadata: no tensor is kept
+
     def spans(split):
-        return [(grad_z.shape, grad_z.stride()), (input.shape, input.stride()), ((split * numel,), (1,))]
+        return [*operands, ((split * numel,), (1,))]
 
     strides = {"dy": _plan.batched(grad_z.stride()), "x": _plan.batched(input.stride()), "dw": out_strides}
     return _plan.build(kernel, spec, input.device, _plan.target_of(input.device, device_name, sm_count), strides,
