@@ -46,7 +46,7 @@ def kernel_spec(kernel: str) -> dict:
 
 
 def candidates(kernel: str) -> list[dict]:
-    """Candidate tile configurations of a kernel (copies, safe to modify)."""
+    """Candidate tile configurations of a kernel (copies, safe to modify), within its warp cap."""
     return [dict(c) for c in kernel_spec(kernel)["candidates"]]
 
 
@@ -59,7 +59,19 @@ def _table_paths(kernel: str, device: str):
     return paths
 
 
-def _check_entries(doc, required) -> dict:
+def max_num_warps(kernel: str) -> int | None:
+    """A kernel's cap on num_warps, where its candidates.json sets one ("max_num_warps").
+
+    The flattened convolution loops are capped at 4 warps (one warpgroup): PyTorch's Inductor
+    found Triton miscompiling a flattened convolution loop with 8 or more warps (wrong results,
+    pytorch/pytorch#173068) and caps its own. A cap is lifted only after a GPU run has shown a
+    larger configuration correct. Tables, candidates and tuning all obey it.
+    """
+    cap = kernel_spec(kernel).get("max_num_warps")
+    return None if cap is None else int(cap["value"])
+
+
+def _check_entries(doc, required, cap=None) -> dict:
     entries = doc["entries"]
     if not isinstance(entries, dict):
         raise ValueError("'entries' is not an object")
@@ -78,6 +90,9 @@ def _check_entries(doc, required) -> dict:
             raise ValueError(f"entry {key!r} has unknown parameters {unknown}")
         if any(config[k] & (config[k] - 1) for k in required if k.startswith("BLOCK_")):
             raise ValueError(f"entry {key!r} has a block size that is not a power of two")
+        if cap is not None and config.get("num_warps", 0) > cap:
+            raise ValueError(f"entry {key!r} has num_warps={config['num_warps']}, over this kernel's cap of {cap} "
+                             f"(see its candidates.json: max_num_warps)")
     return entries
 
 
@@ -89,12 +104,13 @@ def load_table(kernel: str, device: str) -> dict:
     bad table can cost speed but never a crash or a wrong result.
     """
     required = tuple(kernel_spec(kernel)["default"])
+    cap = max_num_warps(kernel)
     entries = {}
     for path in _table_paths(kernel, device):
         try:
             if not path.is_file():
                 continue
-            entries.update(_check_entries(json.loads(path.read_text()), required))
+            entries.update(_check_entries(json.loads(path.read_text()), required, cap))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
             warnings.warn(f"mcconv: ignoring corrupt tile table {path} ({err!r}); "
                           f"using the heuristic default", RuntimeWarning, stacklevel=2)

@@ -155,3 +155,28 @@ def test_explain_reports_the_table_entry(config_dir):
     dispatch = mcconv.explain(x, w, device_name=FAKE_GPU)
     assert dispatch.config_source == f"table {FAKE_GPU}.json [{key}]"
     assert dict(dispatch.config) == CONV_CONFIG
+
+
+@pytest.mark.parametrize("kernel", registry.table_names())
+def test_warp_caps_hold_in_the_packaged_candidates(kernel):
+    cap = tiles.max_num_warps(kernel)
+    spec = tiles.kernel_spec(kernel)
+    if cap is None:
+        return
+    assert "pytorch/pytorch#173068" in spec["max_num_warps"]["why"]
+    assert all(c["num_warps"] <= cap for c in [spec["default"], *spec["candidates"]])
+
+
+def test_flattened_conv_loops_are_capped_at_one_warpgroup():
+    assert tiles.max_num_warps("conv_direct") == 4 and tiles.max_num_warps("conv_dgrad") == 4
+
+
+def test_a_table_entry_over_the_warp_cap_is_refused(config_dir):
+    from mcconv.tools import tune
+
+    over = {**CONV_CONFIG, "num_warps": 8}
+    write_table(config_dir, {tiles.shape_key("float16", 100, 20, 45): {"config": over}})
+    with pytest.warns(RuntimeWarning, match="cap of 4"):
+        config, source = select()
+    assert source == "heuristic default" and config["num_warps"] <= 4
+    assert tune.candidate_configs("conv_direct", {}, override=[over, CONV_CONFIG]) == [CONV_CONFIG]

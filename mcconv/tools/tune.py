@@ -96,7 +96,10 @@ def candidate_configs(kernel: str, extents: dict, override=None) -> list[dict]:
     raw = list(override) if override is not None else [*tiles.candidates(kernel),
                                                        dict(tiles.kernel_spec(kernel)["default"])]
     seen, out = set(), []
+    cap = tiles.max_num_warps(kernel)
     for config in raw:
+        if cap is not None and config.get("num_warps", 0) > cap:
+            continue  # the kernel's warp cap (tiles.max_num_warps): never timed, never written
         fitted = tiles.fit(config, extents)
         key = tuple(sorted(fitted.items()))
         if key not in seen:
