@@ -1,4 +1,4 @@
-"""``torch.nn`` integration: a drop-in ``Conv2d`` module and :func:`convert` for whole models."""
+"""``torch.nn`` integration: drop-in ``Conv1d`` and ``Conv2d`` modules and :func:`convert` for whole models."""
 from dataclasses import dataclass, field
 
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ from torch import nn
 
 from ._spec import FLOAT_DTYPES
 from .epilogue import activation as _activation
-from .functional import conv2d
+from .functional import conv1d, conv2d
 
 
 class Conv2d(nn.Conv2d):
@@ -51,12 +51,66 @@ class Conv2d(nn.Conv2d):
         return s if self.activation is None else f"{s}, activation={self.activation!r}"
 
 
+class Conv1d(nn.Conv1d):
+    """``torch.nn.Conv1d`` computed by mcconv's 2-D Triton kernels, with an optional fused activation.
+
+    Same constructor arguments, parameters (``weight`` ``(out, in/groups, kW)``, optional
+    ``bias``), initialisation and state dict as ``torch.nn.Conv1d`` -- a state dict loads either
+    way -- plus ``activation`` (None or a name in :data:`mcconv.ACTIVATIONS`), applied in the
+    kernel's epilogue. It prints as ``mcconv.Conv1d(...)``. ``forward(input, residual=None)``
+    also takes an optional residual of the output's shape, added in the epilogue before the
+    activation (see :func:`mcconv.conv1d`, which runs the layer on unit-height views of the
+    input and weight, without copies). Padding modes other than ``"zeros"`` pad with ``F.pad``
+    and then convolve without padding, as torch does; ``padding`` may also be a ``(left, right)``
+    pair (an mcconv extension, with any padding mode).
+    """
+
+    activation = None  # class default: modules converted in place or unpickled from nn.Conv1d
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, activation=None):
+        _activation(activation)  # validates: raises naming the argument
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self.activation = activation
+
+    def forward(self, input, residual=None):
+        """``act(conv1d(input) + bias + residual)``; ``residual`` as in :func:`mcconv.conv1d`."""
+        return self._conv_forward(input, self.weight, self.bias, residual)
+
+    def _conv_forward(self, input, weight, bias, residual=None):
+        if self.padding_mode != "zeros":
+            if not isinstance(self.padding, str) and len(self.padding) == 2:  # (left, right)
+                pad = tuple(self.padding)
+            else:
+                pad = self._reversed_padding_repeated_twice
+            input = F.pad(input, pad, mode=self.padding_mode)
+            return conv1d(input, weight, bias, self.stride, 0, self.dilation, self.groups, activation=self.activation,
+                          residual=residual)
+        return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                      activation=self.activation, residual=residual)
+
+    def _get_name(self) -> str:
+        return "mcconv.Conv1d"
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+
+
+# The plain torch layer each mcconv layer replaces (convert swaps exactly these types).
+_SWAPS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d}
+_TORCH_CONVS = tuple(_SWAPS)
+_MCCONV_CONVS = tuple(_SWAPS.values())
+
+
 @dataclass
 class ConvertReport:
     """Which convolution layers of a model run on mcconv, and why the others do not."""
 
-    converted: list = field(default_factory=list)  # qualified names of mcconv.Conv2d layers ("" for the model)
-    left_alone: dict = field(default_factory=dict)  # qualified name -> why this nn.Conv2d is not converted
+    converted: list = field(default_factory=list)  # qualified names of mcconv.Conv1d/Conv2d layers ("" for the model)
+    left_alone: dict = field(default_factory=dict)  # qualified name -> why this nn.Conv1d/Conv2d is not converted
+    kinds: dict = field(default_factory=dict)  # qualified name -> "Conv1d" or "Conv2d", for every layer above
 
     @property
     def swapped(self) -> int:
@@ -64,45 +118,62 @@ class ConvertReport:
         return len(self.converted)
 
     def __str__(self) -> str:
-        lines = [f"mcconv: {self.swapped} Conv2d layer(s) run on mcconv, {len(self.left_alone)} left to torch"]
+        present = sorted(set(self.kinds.values())) or ["Conv2d"]
+        counts = " and ".join(f"{sum(self.kinds.get(n, 'Conv2d') == kind for n in self.converted)} {kind}"
+                              for kind in present)
+        lines = [f"mcconv: {counts} layer(s) run on mcconv, {len(self.left_alone)} left to torch"]
         lines += [f"  left to torch: {name or '(model)'}: {why}" for name, why in self.left_alone.items()]
         return "\n".join(lines)
 
 
-def _reason_to_leave(module: nn.Conv2d) -> str | None:
-    if type(module) is not nn.Conv2d:
+def _torch_kind(module: nn.Module) -> type:
+    """nn.Conv1d or nn.Conv2d: the torch layer class ``module`` is (or derives from)."""
+    return nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
+
+
+def _reason_to_leave(module: nn.Module) -> str | None:
+    kind = _torch_kind(module)
+    if type(module) is not kind:
         # A subclass may override forward/_conv_forward (LazyConv2d, weight-standardised convs, ...).
-        return f"{type(module).__qualname__} is a subclass of nn.Conv2d whose behaviour mcconv cannot vouch for"
+        return (f"{type(module).__qualname__} is a subclass of nn.{kind.__name__} whose behaviour mcconv "
+                f"cannot vouch for")
     if module.weight.dtype not in FLOAT_DTYPES:
         return f"weight dtype {module.weight.dtype} (mcconv runs float16, bfloat16 and float32)"
     return None
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Make every plain ``torch.nn.Conv2d`` in ``model`` (recursively) an :class:`mcconv.Conv2d`; returns ``model``.
+    """Make every plain ``torch.nn.Conv2d`` in ``model`` (recursively) an :class:`mcconv.Conv2d`, and
+    every plain ``torch.nn.Conv1d`` an :class:`mcconv.Conv1d`; returns ``model``.
 
     In place, like PyTorch's own converters return the model: each layer keeps its identity,
     its Parameter objects (so device, dtype, values and any optimizer that holds them), buffers,
     hooks and training mode, and only its class changes -- so references to the layer
-    elsewhere, shared layers and the model itself (if it is a Conv2d) follow. Subclasses of
-    ``nn.Conv2d`` (which may compute something else) and dtypes mcconv does not run are left
-    alone; :func:`conversion_report` says which and why, and ``print(model)`` shows converted
-    layers as ``mcconv.Conv2d``.
+    elsewhere, shared layers and the model itself (if it is a Conv2d or Conv1d) follow.
+    Subclasses of ``nn.Conv2d`` / ``nn.Conv1d`` (which may compute something else) and dtypes
+    mcconv does not run are left alone; :func:`conversion_report` says which and why, and
+    ``print(model)`` shows converted layers as ``mcconv.Conv2d`` / ``mcconv.Conv1d``.
     """
     for _, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and not isinstance(module, Conv2d) and _reason_to_leave(module) is None:
-            # type(module) is exactly nn.Conv2d and mcconv.Conv2d only adds methods and `activation`.
-            module.__class__ = Conv2d
+        if (isinstance(module, _TORCH_CONVS) and not isinstance(module, _MCCONV_CONVS)
+                and _reason_to_leave(module) is None):
+            # type(module) is exactly nn.Conv2d (nn.Conv1d) and mcconv.Conv2d (Conv1d) only adds
+            # methods and `activation`.
+            module.__class__ = _SWAPS[type(module)]
             module.activation = None
     return model
 
 
 def conversion_report(model: nn.Module) -> ConvertReport:
-    """Which ``Conv2d`` layers of ``model`` run on mcconv and why each other ``nn.Conv2d`` does not."""
+    """Which ``Conv1d``/``Conv2d`` layers of ``model`` run on mcconv and why each other ``nn.Conv1d``
+    or ``nn.Conv2d`` does not."""
     report = ConvertReport()
     for name, module in model.named_modules():
-        if isinstance(module, Conv2d):
+        if isinstance(module, _MCCONV_CONVS):
             report.converted.append(name)
-        elif isinstance(module, nn.Conv2d):
+        elif isinstance(module, _TORCH_CONVS):
             report.left_alone[name] = _reason_to_leave(module) or "not converted (mcconv.convert was not applied)"
+        else:
+            continue
+        report.kinds[name] = _torch_kind(module).__name__
     return report
