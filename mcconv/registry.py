@@ -74,6 +74,12 @@ class Kernel:
         ``sm_count`` SMs (None: no GPU, the interpreter)."""
         return 1
 
+    def loop_trips(self, spec, config: Mapping, split: int = 1) -> list[int]:
+        """Iterations of the loops around the kernel's main loop for one program (tile), innermost
+        first, as its device code is written (e.g. ``[channel blocks per tap, taps]``): the trip
+        counts of ``mcconv inspect``'s issue pressure over a whole reduction. ``[]``: unknown."""
+        return []
+
     def __repr__(self) -> str:
         return f"<kernel {self.name} ({self.operation}): {self.jit_name}>"
 

@@ -54,6 +54,10 @@ class Gemm1x1(Kernel):
         return ((spec.n, spec.p, spec.q, spec.c_per_group, spec.k_per_group, *strides["x"],
                  w[0], w[1], spec.k_per_group * w[0], *strides["y"], *strides["r"]), _epilogue(spec))
 
+    def loop_trips(self, spec, config, split=1):
+        # kernels/conv1x1_gemm.py: `for c0 in range(0, C_PER_GROUP, BLOCK_K)`
+        return [_cdiv(spec.c_per_group, config["BLOCK_K"])]
+
 
 @register
 class Depthwise(Kernel):
@@ -81,6 +85,9 @@ class Depthwise(Kernel):
                  spec.padding[0], spec.padding[2], *spec.dilation, *strides["x"], w[0], w[2], w[3],
                  *strides["y"], *strides["r"]), {"CHANNEL_MULT": spec.k // spec.c, **_epilogue(spec)})
 
+    def loop_trips(self, spec, config, split=1):
+        return [spec.taps]  # kernels/depthwise.py: `for tap in range(0, KH * KW)`, its only loop
+
 
 @register
 class ConvDirect(Kernel):
@@ -103,6 +110,11 @@ class ConvDirect(Kernel):
         return ((spec.n, spec.c_per_group, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, spec.kh, spec.kw,
                  *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, *strides["x"], *strides["w"],
                  *strides["y"], *strides["r"]), _epilogue(spec))
+
+    def loop_trips(self, spec, config, split=1):
+        # kernels/conv2d_fwd.py: reduce_channels' `for c0 in range(0, C_PER_GROUP, BLOCK_K)`, called
+        # in `for tap in range(0, KH * KW)`
+        return [_cdiv(spec.c_per_group, config["BLOCK_K"]), spec.taps]
 
 
 # ------------------------------------------------------------------------------------ plans

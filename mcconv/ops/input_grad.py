@@ -29,6 +29,16 @@ def _geometry(spec) -> tuple:
     return (*spec.stride, spec.padding[0], spec.padding[2], *spec.dilation)
 
 
+def _phase_taps(spec) -> int:
+    """Taps that reach the rows of the stride phase with the most of them (kernels/common.py's
+    transposed_tap): the taps a tile of that phase runs; the others are skipped whole (loop_trips)."""
+    def most(size, stride, pad, dil, taps):
+        return max(sum((ph + pad - t * dil) % stride == 0 for t in range(taps)) for ph in range(min(stride, size)))
+
+    return (most(spec.h, spec.stride[0], spec.padding[0], spec.dilation[0], spec.kh)
+            * most(spec.w, spec.stride[1], spec.padding[2], spec.dilation[1], spec.kw))
+
+
 @register
 class Gemm1x1Dgrad(Kernel):
     name = "gemm_1x1_dgrad"
@@ -62,6 +72,10 @@ class Gemm1x1Dgrad(Kernel):
                  spec.k_per_group * w[0], *strides["dx"], 0, 0, 0, 0),
                 {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False, "HAS_RESIDUAL": False})
 
+    def loop_trips(self, spec, config, split=1):
+        # kernels/conv1x1_gemm.py: `for c0 in range(0, C_PER_GROUP, BLOCK_K)`, here over K/g
+        return [_cdiv(spec.k_per_group, config["BLOCK_K"])]
+
 
 @register
 class DepthwiseDgrad(Kernel):
@@ -90,6 +104,13 @@ class DepthwiseDgrad(Kernel):
         return ((spec.n, spec.c, spec.h, spec.w, spec.k, spec.p, spec.q, spec.kh, spec.kw, *_geometry(spec),
                  *strides["dy"], w[0], w[2], w[3], *strides["dx"]), {"CHANNEL_MULT": spec.k // spec.c})
 
+    def loop_trips(self, spec, config, split=1):
+        # kernels/depthwise_bwd.py: `for j in range(0, CHANNEL_MULT)` under `if tap_ok` in `for tap in
+        # range(0, KH * KW)`, counting the taps of the fullest phase; a constexpr range of one
+        # iteration compiles to no loop, so multiplier 1 leaves the tap loop alone.
+        mult = spec.k // spec.c
+        return [mult, _phase_taps(spec)] if mult > 1 else [_phase_taps(spec)]
+
 
 @register
 class ConvDgrad(Kernel):
@@ -114,6 +135,11 @@ class ConvDgrad(Kernel):
     def arguments(self, spec, strides, split=1):
         return ((spec.n, spec.c_per_group, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, spec.kh, spec.kw,
                  *_geometry(spec), *strides["dy"], *strides["w"], *strides["dx"]), {})
+
+    def loop_trips(self, spec, config, split=1):
+        # kernels/conv2d_dgrad.py: `for k0 in range(0, K_PER_GROUP, BLOCK_K)` under `if tap_ok` in
+        # `for tap in range(0, KH * KW)`: the taps of the fullest stride phase (all taps at stride 1)
+        return [_cdiv(spec.k_per_group, config["BLOCK_K"]), _phase_taps(spec)]
 
 
 # ------------------------------------------------------------------------------------ plans

@@ -187,13 +187,22 @@ def plan_command(args) -> int:
     except (ValueError, TypeError) as err:
         print(f"mcconv plan: {err}", file=sys.stderr)
         return 2
+    figures = None
+    if getattr(args, "inspect", False):  # compile the forward kernel: its issue-bound ceiling (mcconv inspect)
+        from .inspect import plan_ceiling
+
+        figures = plan_ceiling(a, activation=args.activation)
     if args.json:
-        print(json.dumps(a.as_dict(), indent=1))
+        print(json.dumps({**a.as_dict(), **(figures or {})}, indent=1))
         return 0
     note = ""
     if not args.gpu:
         note = " (this machine's GPU)" if torch.cuda.is_available() else " (no GPU here: default; see --gpu)"
     print(format_analysis(a, note))
+    if figures is not None:
+        from .inspect import plan_ceiling_lines
+
+        print("\n".join(plan_ceiling_lines(figures, a.roofline_tflops)))
     return 0
 
 
@@ -217,6 +226,8 @@ def add_shape_options(p) -> None:
 def _configure(p) -> None:
     add_shape_options(p)
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    p.add_argument("--inspect", action="store_true", help="also compile the forward kernel for the GPU (a few "
+                   "seconds, no GPU needed; see mcconv inspect) and show its issue-bound ceiling beside the roofline")
 
 
 plan_command.configure = _configure

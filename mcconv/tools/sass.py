@@ -177,6 +177,12 @@ class Instruction:
         return classify(self.opcode)
 
     @property
+    def jumps(self) -> bool:
+        """A branch for the control flow: BRA and kin, and ``CALL.REL.NOINC`` (a jump that pushes
+        no return address: how sm_80 code leaves a loop)."""
+        return self.base in _BRANCHES or self.opcode.startswith("CALL.REL.NOINC")
+
+    @property
     def never_executes(self) -> bool:
         return self.predicate in ("@!PT", "@!UPT")
 
@@ -260,7 +266,7 @@ class SassFunction:
         for block in blocks:
             last = ins[block.last]
             succ = []
-            if last.base in _BRANCHES and not last.never_executes:
+            if last.jumps and not last.never_executes:
                 if last.target is not None and last.target in self._by_address:
                     succ.append(block_at[self._by_address[last.target]])
                 falls = not last.unconditional
