@@ -215,7 +215,9 @@ def lay(archive: Path, repo: Path, *, dry_run: bool = False, logs: str | None = 
                                       f"kernel {kernel!r}")
                 continue
             target, new, line = plan_table(repo, kernel, device, data)
-            writes.append(("table", (target, kernel, new)))
+            doc = json.loads(data)  # the GPU machine's versions, not this one's, go into the table
+            versions = {k: doc[k] for k in ("triton", "torch") if isinstance(doc.get(k), str)}
+            writes.append(("table", (target, kernel, new, versions)))
             done["tables"].append(line)
         elif kind in ("result", "meta"):
             name = {"MANIFEST.json": "gpu-run.json", "summary.txt": "gpu-run-summary.txt"}.get(rel, parts[0])
@@ -224,9 +226,9 @@ def lay(archive: Path, repo: Path, *, dry_run: bool = False, logs: str | None = 
             writes.append(("file", (logs_dir / "logs" / parts[0], data, "logs")))
     for kind, what in writes:
         if kind == "table":
-            target, kernel, new = what
+            target, kernel, new, versions = what
             if new and not dry_run:
-                _tune_module(repo).write_entries(target, kernel, device, new)
+                _tune_module(repo).write_entries(target, kernel, device, new, versions=versions)
         else:
             path, data, section = what
             shown = path.relative_to(repo) if path.is_relative_to(repo) else path

@@ -234,15 +234,20 @@ def read_entries(path: Path) -> dict:
         raise ValueError(f"{path} is not a tile table ({err!r}); move it away to tune into this folder") from None
 
 
-def write_entries(path: Path, kernel: str, device_name: str, new_entries: dict) -> None:
-    """Merge entries into a table file: re-read, update, write a temporary file beside it, os.replace."""
+def write_entries(path: Path, kernel: str, device_name: str, new_entries: dict, versions: dict | None = None) -> None:
+    """Merge entries into a table file: re-read, update, write a temporary file beside it, os.replace.
+
+    ``versions`` ({"triton": ..., "torch": ...}) names the software the entries were tuned with,
+    when that was another machine (laying a GPU run's archive in); default: this process's.
+    """
     import triton
 
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = read_entries(path)
     entries.update(new_entries)
+    versions = {"triton": triton.__version__, "torch": torch.__version__, **(versions or {})}
     doc = {
-        "kernel": kernel, "device": device_name, "triton": triton.__version__, "torch": torch.__version__,
+        "kernel": kernel, "device": device_name, "triton": versions["triton"], "torch": versions["torch"],
         "updated": _now(), "dtypes": sorted({k.split("/", 1)[0] for k in entries}),
         "entries": {k: entries[k] for k in sorted(entries)},
     }
