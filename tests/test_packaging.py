@@ -18,7 +18,7 @@ def test_wheel_layout(tmp_path):
         pytest.skip(f"could not build a wheel here (pip wheel exited {build.returncode}): {build.stderr[-300:]}")
     (wheel,) = tmp_path.glob("mcconv_triton-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "mcconv/_kernels/conv2d_igemm.py" in names
+    assert "mcconv/_kernels/conv2d_fwd.py" in names
     assert "mcconv/_kernels/common.py" in names
     for kernel in ("conv_direct", "gemm_1x1", "depthwise", "conv_dgrad", "conv_wgrad"):
         assert f"mcconv/autotune_configs/{kernel}/candidates.json" in names
