@@ -140,7 +140,10 @@ def test_suite_sizes():
     deep = suites.get_suite("deepbench")
     assert "subset" in suites.deepbench.__doc__ and len(deep) == 26
     assert suites.get_suite("resnet50", batch=4)[0].n == 4
-    for layer in resnet + mbv2 + deep:  # every layer is a valid convolution whose shape mcconv derives alike
+    speech = suites.get_suite("speech1d")
+    assert len(speech) == 19 and all(c.h == c.kh == 1 for c in speech)  # 1-D: the unit-height view
+    assert [c.output_hw[1] for c in speech[:7]] == [3199, 1599, 799, 399, 199, 99, 49]  # wav2vec 2.0's lengths
+    for layer in resnet + mbv2 + deep + speech:  # every layer is valid and mcconv derives its shape alike
         x, w, _ = layer_tensors(layer, "float16", "channels_last")
         dispatch = mcconv.explain(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         assert dispatch.output_shape == layer.output_shape

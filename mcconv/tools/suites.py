@@ -170,7 +170,43 @@ def seed(batch: int = 1) -> list[Conv]:
     return [conv("seed_5x5", batch, 128, 256, 128, 5, padding=2)]
 
 
-SUITES = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "deepbench": deepbench, "seed": seed}
+def conv1d_layer(name, n, c, length, k, size, stride=1, padding=0, groups=1, count=1) -> Conv:
+    """A 1-D convolution as mcconv runs it: the 2-D kernels on a unit-height view (H = KH = 1)."""
+    return Conv(name, n, c, 1, length, k, 1, size, (1, stride), (0, padding), groups=groups, count=count)
+
+
+# wav2vec 2.0's feature encoder (fairseq, wav2vec2 base: conv_feature_layers
+# "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2"), on 1 s of 16 kHz audio: lengths 16000,
+# 3199, 1599, 799, 399, 199, 99.
+_W2V_LENGTHS = (16000, 3199, 1599, 799, 399, 199, 99)
+# QuartzNet 5x5 (Kriman et al. 2020, Table 1): time-channel separable blocks, a depthwise conv1d of
+# kernel K then a pointwise 1x1, on 64 mel features; after the stride-2 prologue 10 s of audio at
+# 10 ms frames is 500 frames. (channels, kernel, repeats) of the prologue and blocks B1-B5.
+_QUARTZNET = ((256, 33, 1), (256, 33, 5), (256, 39, 5), (512, 51, 5), (512, 63, 5), (512, 75, 5))
+
+
+def speech1d(batch: int = 8) -> list[Conv]:
+    """1-D convolutions of speech models: wav2vec 2.0's feature encoder and QuartzNet 5x5's
+    depthwise (time-channel separable) blocks, each as the unit-height 2-D problem mcconv runs."""
+    layers = [conv1d_layer("w2v.fe0", batch, 1, _W2V_LENGTHS[0], 512, 10, stride=5)]
+    for i in range(1, 7):
+        size = 3 if i < 5 else 2
+        layers.append(conv1d_layer(f"w2v.fe{i}", batch, 512, _W2V_LENGTHS[i], 512, size, stride=2))
+    frames, c_in = 500, 64
+    c, size, _ = _QUARTZNET[0]
+    layers.append(conv1d_layer("qn.prologue.dw", batch, c_in, 2 * frames, c_in, size, stride=2, padding=size // 2,
+                               groups=c_in))
+    layers.append(conv1d_layer("qn.prologue.pw", batch, c_in, frames, c, 1))
+    for b, (width, size, repeats) in enumerate(_QUARTZNET[1:], 1):
+        layers.append(conv1d_layer(f"qn.b{b}.dw", batch, c, frames, c, size, padding=size // 2, groups=c,
+                                   count=repeats))
+        layers.append(conv1d_layer(f"qn.b{b}.pw", batch, c, frames, width, 1, count=repeats))
+        c = width
+    return layers
+
+
+SUITES = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "deepbench": deepbench, "seed": seed,
+          "speech1d": speech1d}
 
 
 def get_suite(name: str, batch: int | None = None) -> list[Conv]:
