@@ -3,34 +3,115 @@
     dX[(n, h, w), c] = sum_{kh, kw, k} dY[n, k, p, q] * W[k, c, kh, kw]
     p = (h + pad_h - kh * dil_h) / stride_h,  q likewise,  taken only when exact and in range
 
-Each program owns a BLOCK_M x BLOCK_N tile of dX (input pixels x input channels of one group)
-and reduces over the taps and the group's output channels, BLOCK_K at a time. Rows are split
-by stride phase (h % stride_h, w % stride_w) so that a tap either reaches every row of a tile
-or none of them: whole taps are skipped instead of masking most of every tile, and there is no
-zero-inserted copy of dY. Output-gradient pixels outside dY (the forward's padding) are masked.
+Each program owns a BLOCK_M x BLOCK_N tile of dX (input pixels x input channels of one group).
+Rows are split by stride phase (h % stride_h, w % stride_w): a tap either reaches every row of
+a tile or none of them, so there is no zero-inserted copy of dY and no tap is masked away row
+by row. The taps that reach phase_h are an arithmetic progression kh = kh0 + j * step_h,
+step_h = stride_h / gcd(stride_h, dil_h) (the solutions of kh * dil_h == phase_h + pad_h modulo
+stride_h), and along it the output row moves by -dil_h / gcd per step; likewise along w. The
+host passes step, gcd and the modular inverse that finds kh0 (:func:`phase_taps`).
+
+The reduction is ONE software-pipelined loop per tile over (applicable tap, output-channel
+block), so the pipeline fills once per tile, not once per tap: scalar counters (kb, tw) and the
+scalar offsets of the current tap and block in dY and W advance with `tl.where`; per-row base
+offsets and per-row tap validity are computed once before the loop. Validity is a bit set per
+row, bit th * nw + tw for tap (th, tw) of the phase (TAP_BITS = 32 or 64: the fullest phase's
+taps fit), built without a vector loop so that it is laid out for the loop's A tile, and the loop
+tests one bit against a scalar mask; with more taps per phase (TAP_BITS = 0) the loop compares
+p and q instead. No vector division or modulo runs in the loop.
+
+Operands: A = dY[rows, k] (channels_last: k contiguous, 16-byte cp.async; the host copies a
+channel-strided dY to channels_last in the call, and has an NCHW dX written channels_last and
+copied back: mcconv/ops/input_grad.py); B = W[k, c] through its strides: a channels_last weight
+(c contiguous, N-major) is read in place for fp16/bf16; the host packs other weights per call,
+and every weight under tf32 (wgmma tf32 takes K-major operands only), into (kH, kW, C/g, K)
+order (k contiguous, K-major: mcconv._pack.dgrad_packed), W_K_MAJOR telling which. Alignment
+facts the compiler cannot see (e.g. that a 24-channel row is 16-byte aligned in fp16) come from
+the host as A_ALIGN / B_ALIGN / D_ALIGN (elements; D: dX's rows), and K_ALIGN / C_ALIGN (powers of two dividing K/g and
+C/g) compile out the masks of reduction and column blocks that never cut the extent.
+
+The epilogue is the forward's (kernels/common.py epilogue_store), the bias indexed by the output
+column (the input channel c): HAS_BIAS, ACTIVATION, STORE_PREACT and HAS_RESIDUAL (residual read
+through stride_r*) are off for the input gradient (compiled out); they make this kernel the
+transposed convolution with the forward's fused epilogue (tests/test_conv_dgrad_rework.py shows
+the call: conv_transpose2d(x, w, b) is the input gradient of conv2d with weight w for dL/dz = x).
 """
 import triton
 import triton.language as tl
 
-from .common import (dot_acc, grouped_tile_ids, phase_extent, pixel_count, split_pixels, store_tile, tile_offsets,
-                     transposed_tap)
+from .common import dot_acc, epilogue_store, grouped_tile_ids, phase_extent, pixel_count, split_pixels, tile_offsets
+
+
+@triton.jit
+def phase_taps(phase_r, pad, taps, dil, stride, tap_step, tap_gcd, tap_inv):
+    """The taps of one axis that reach the input-gradient rows of phase `phase_r`.
+
+    Returns (first tap t0, count, output-row offset d0 of t0, row step per tap): tap t0 + j
+    (j < count) reaches the row i * stride + phase_r from output row i + d0 - j * row_step.
+    t * dil == phase_r + pad (mod stride) has solutions iff gcd(stride, dil) divides
+    phase_r + pad; they are t0 + j * tap_step, t0 = ((phase_r + pad) / gcd) * tap_inv mod tap_step
+    (tap_inv: the inverse of dil / gcd modulo tap_step).
+    """
+    r = phase_r + pad  # >= 0
+    t0 = ((r // tap_gcd) * tap_inv) % tap_step
+    count = tl.where(r % tap_gcd == 0, tl.maximum(tl.cdiv(taps - t0, tap_step), 0), 0)
+    return t0, count, (r - t0 * dil) // stride, dil // tap_gcd  # r - t0 * dil: a multiple of stride
+
+
+@triton.jit
+def tap_range(r0, count, step, size):
+    """[lo, hi): the taps t < count of an axis whose row r0 - t * step lies in [0, size) (step >= 1)."""
+    hi = tl.where(r0 >= 0, tl.minimum(r0 // step + 1, count), 0)  # numerators >= 0: any rounding agrees
+    over = r0 - size + 1
+    lo = tl.where(over > 0, (over + step - 1) // step, 0)
+    return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def tap_bit_set(p0, q0, row_ok, nh, nw, dp_step, dq_step, P, Q, TAP_BITS: tl.constexpr):
+    """Per row, bit th * nw + tw set when tap (th, tw) of the phase reads a pixel inside dY.
+
+    The valid taps of a row are a rectangle [h_lo, h_hi) x [w_lo, w_hi): the w bits, repeated at
+    th * nw for th in [h_lo, h_hi) by one multiplication with sum_th 2**(th * nw) (the bits of
+    `pattern` in that range). Computed in int64 (nh * nw <= 62), without a vector loop: the bit
+    set is then laid out for its use in the main loop, not converted there on every iteration.
+    """
+    h_lo, h_hi = tap_range(p0, nh, dp_step, P)
+    w_lo, w_hi = tap_range(q0, nw, dq_step, Q)
+    one = tl.full((), 1, tl.int64)
+    pattern = tl.zeros((), tl.int64)  # bit th * nw for every th < nh
+    for th in range(0, nh):
+        pattern |= one << (th * nw).to(tl.int64)
+    w_set = (one << w_hi.to(tl.int64)) - (one << w_lo.to(tl.int64))
+    repeat = pattern & ((one << (h_hi * nw).to(tl.int64)) - (one << (h_lo * nw).to(tl.int64)))
+    bits = tl.where(row_ok, w_set * repeat, 0)
+    if TAP_BITS == 32:
+        bits = bits.to(tl.int32)
+    return bits
 
 
 @triton.jit
 def conv2d_dgrad_kernel(
-    # pointers: output gradient, weight, input gradient
-    dy_ptr, w_ptr, dx_ptr,
+    # pointers: output gradient, weight, bias (by input channel), input gradient, pre-activation,
+    # residual; bias, z and residual are read or written only under their constexprs
+    dy_ptr, w_ptr, bias_ptr, dx_ptr, z_ptr, r_ptr,
     # sizes (channels are per group): input C x H x W, output K x P x Q
     N, C_PER_GROUP, H, W, K_PER_GROUP, P, Q, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # the phase's tap progressions (phase_taps): step, gcd and inverse, along h and w
+    tap_step_h, tap_gcd_h, tap_inv_h, tap_step_w, tap_gcd_w, tap_inv_w,
     # strides, in elements
     stride_dyn, stride_dyk, stride_dyh, stride_dyw,
     stride_wk, stride_wc, stride_wh, stride_ww,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    stride_rn, stride_rc, stride_rh, stride_rw,
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
-    INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, TAP_BITS: tl.constexpr,
+    A_ALIGN: tl.constexpr, B_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, W_K_MAJOR: tl.constexpr,
+    K_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (cdiv(N * cdiv(H, stride_h) * cdiv(W, stride_w), BLOCK_M) * cdiv(C_PER_GROUP, BLOCK_N)
@@ -48,34 +129,111 @@ def conv2d_dgrad_kernel(
     if INDEX_64:
         group = group.to(tl.int64)
         offs_k = offs_k.to(tl.int64)
+        # the scalar offsets' strides (tl.cast: a stride of 1 is a constexpr int here)
+        stride_dyk = tl.cast(stride_dyk, tl.int64)
+        stride_dyh = tl.cast(stride_dyh, tl.int64)
+        stride_dyw = tl.cast(stride_dyw, tl.int64)
+        stride_wk = tl.cast(stride_wk, tl.int64)
+        stride_wh = tl.cast(stride_wh, tl.int64)
+        stride_ww = tl.cast(stride_ww, tl.int64)
 
-    # This group's block of output channels (the reduction) and of input channels (the columns).
-    dy_ptr += group * K_PER_GROUP * stride_dyk
-    w_ptr += group * K_PER_GROUP * stride_wk
-    n, ih, iw = split_pixels(offs_m, tl.maximum(rows_h, 1), tl.maximum(rows_w, 1))
-    dy_pixel = n * stride_dyn
-    w_col = (offs_c * stride_wc)[None, :]
+    # The phase's taps: kh = kh0 + th * step_h (th < nh) reads output row i + dp0 - th * dp_step.
+    kh0, nh, dp0, dp_step = phase_taps(phase_h, pad_h, KH, dil_h, stride_h, tap_step_h, tap_gcd_h, tap_inv_h)
+    kw0, nw, dq0, dq_step = phase_taps(phase_w, pad_w, KW, dil_w, stride_w, tap_step_w, tap_gcd_w, tap_inv_w)
+    k_blocks = tl.cdiv(K_PER_GROUP, BLOCK_K)
+    # A tile past the phase's rows (phases differ in size) runs no iteration.
+    trips = tl.where(pid_m * BLOCK_M < M, nh * nw * k_blocks, 0)
+
+    n, i, j = split_pixels(offs_m, tl.maximum(rows_h, 1), tl.maximum(rows_w, 1))
+    p0 = i + dp0
+    q0 = j + dq0
+    # Per-row offsets of this group's output channels at tap (kh0, kw0); the loop adds the
+    # current tap's and channel block's scalar offset. Alignment hints: see the module docstring.
+    dy_rows = tl.multiple_of(n * stride_dyn + p0 * stride_dyh + q0 * stride_dyw + group * K_PER_GROUP * stride_dyk,
+                             A_ALIGN)
+    dy_cols = offs_k * stride_dyk
+    w_base = group * K_PER_GROUP * stride_wk + kh0 * stride_wh + kw0 * stride_ww
+    if W_K_MAJOR:  # k contiguous: whole copies along k, columns c in aligned strides
+        w_rows = offs_k
+        w_cols = tl.multiple_of(offs_c * stride_wc, B_ALIGN)
+    else:
+        w_rows = tl.multiple_of(offs_k * stride_wk, B_ALIGN)
+        w_cols = offs_c * stride_wc
+    if TAP_BITS != 0:
+        bits = tap_bit_set(p0, q0, mask_m, nh, nw, dp_step, dq_step, P, Q, TAP_BITS)[:, None]
+    # The scalar offsets advance by one channel block, or to the next tap: one along w (from the
+    # tap's last channel block back to its first), else back to the first w tap and one along h.
+    dy_next_k = BLOCK_K * stride_dyk
+    w_next_k = BLOCK_K * stride_wk
+    dy_tap_w = -dq_step * stride_dyw
+    w_tap_w = tap_step_w * stride_ww
+    dy_next_w = dy_tap_w - (k_blocks - 1) * dy_next_k
+    w_next_w = w_tap_w - (k_blocks - 1) * w_next_k
+    dy_next_h = -dp_step * stride_dyh - (nw - 1) * dy_tap_w - (k_blocks - 1) * dy_next_k
+    w_next_h = tap_step_h * stride_wh - (nw - 1) * w_tap_w - (k_blocks - 1) * w_next_k
+    EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
+    EVEN_C: tl.constexpr = C_ALIGN % BLOCK_N == 0
+    # mask_c and the channels left of a block, as multiples of C_ALIGN and K_ALIGN the compiler
+    # can see (an argument takes no tl.multiple_of): the masks are constant over whole copies
+    col_ok = offs_c < (C_PER_GROUP // C_ALIGN) * C_ALIGN
+    k_size = (K_PER_GROUP // K_ALIGN) * K_ALIGN
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(0, KH * KW):
-        kh = tap // KW
-        kw = tap % KW
-        tap_ok, dp, dq = transposed_tap(phase_h, phase_w, kh, kw, pad_h, pad_w, dil_h, dil_w, stride_h, stride_w)
-        if tap_ok:  # uniform over the tile: every row is of this phase
-            p = ih + dp
-            q = iw + dq
-            row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-            dy_rows = (dy_pixel + p * stride_dyh + q * stride_dyw)[:, None]
-            w_tap = w_ptr + kh * stride_wh + kw * stride_ww + w_col
-            for k0 in range(0, K_PER_GROUP, BLOCK_K):
-                k_ok = offs_k < K_PER_GROUP - k0
-                a = tl.load(dy_ptr + dy_rows + ((k0 + offs_k) * stride_dyk)[None, :],
-                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_tap + ((k0 + offs_k) * stride_wk)[:, None], mask=k_ok[:, None] & mask_c[None, :],
-                            other=0.0)
-                acc = dot_acc(a, b, acc, DOT_PRECISION)
+    kb = 0  # channel block of the tap
+    tw = 0  # tap of the phase: (th, tw), bit th * nw + tw of `bits`
+    th = 0
+    if TAP_BITS != 0:
+        tap_bit = tl.full((), 1, bits.dtype)
+    dy_off = tl.zeros((), dy_rows.dtype)  # scalar offsets of tap (th, tw), channel block kb
+    w_off = (w_base // B_ALIGN) * B_ALIGN  # = w_base; the product shows its alignment (a hint can be folded away)
+    for _ in range(0, trips):
+        if TAP_BITS != 0:
+            row_ok = (bits & tap_bit) != 0  # [BLOCK_M, 1], in the A tile's layout
+        else:
+            p = p0 - th * dp_step
+            q = q0 - tw * dq_step
+            row_ok = (mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q))[:, None]
+        a_ptrs = dy_ptr + dy_off + dy_rows[:, None] + dy_cols[None, :]
+        b_ptrs = w_ptr + w_off + w_rows[:, None] + w_cols[None, :]
+        if EVEN_K:  # no channel block cut by K/g: rows are the only mask of A, columns of B
+            a = tl.load(a_ptrs, mask=row_ok, other=0.0)
+            if EVEN_C:
+                b = tl.load(b_ptrs)
+            else:
+                b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            k_ok = offs_k < k_size - kb * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_ok & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = dot_acc(a, b, acc, DOT_PRECISION)
+        kb += 1
+        next_tap = kb == k_blocks
+        kb = tl.where(next_tap, 0, kb)
+        tw = tl.where(next_tap, tw + 1, tw)
+        next_row = tw == nw
+        tw = tl.where(next_row, 0, tw)
+        th = tl.where(next_row, th + 1, th)
+        if TAP_BITS != 0:
+            tap_bit = tl.where(next_tap, tap_bit << 1, tap_bit)
+        # Whole 16-byte copies: the hint goes on the value the loop carries back (a loop-carried
+        # argument takes none), so the compiler sees the offsets' alignment on every iteration.
+        dy_off = tl.multiple_of(dy_off + tl.where(next_tap, tl.where(next_row, dy_next_h, dy_next_w), dy_next_k),
+                                A_ALIGN)
+        w_off = tl.multiple_of(w_off + tl.where(next_tap, tl.where(next_row, w_next_h, w_next_w), w_next_k),
+                               B_ALIGN)
 
-    h = ih * stride_h + phase_h
-    w = iw * stride_w + phase_w
-    in_channel = group * C_PER_GROUP + offs_c
-    dx_offsets = (n * stride_dxn + h * stride_dxh + w * stride_dxw)[:, None] + (in_channel * stride_dxc)[None, :]
-    store_tile(acc, dx_ptr, dx_offsets, mask_m[:, None] & mask_c[None, :])
+    h = i * stride_h + phase_h
+    w = j * stride_w + phase_w
+    # dX (and z) rows in whole 16-byte copies where the host found them so (D_ALIGN): without the
+    # hint a channel count such as 40 makes every store a 2-byte one (and spills registers)
+    dx_rows = tl.multiple_of(n * stride_dxn + h * stride_dxh + w * stride_dxw + group * C_PER_GROUP * stride_dxc,
+                             D_ALIGN)
+    mask = mask_m[:, None] & col_ok[None, :]
+    dx_offsets = dx_rows[:, None] + (offs_c * stride_dxc)[None, :]
+    if HAS_RESIDUAL:
+        in_channel = group * C_PER_GROUP + offs_c
+        r_offsets = (n * stride_rn + h * stride_rh + w * stride_rw)[:, None] + (in_channel * stride_rc)[None, :]
+    else:
+        r_offsets = dx_offsets  # unused: the epilogue's residual branch is compiled out
+    epilogue_store(acc, dx_ptr, z_ptr, dx_offsets, mask, bias_ptr + group * C_PER_GROUP, offs_c, mask_c,
+                   r_ptr, r_offsets, HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .. import _backend, _plan
+from .. import _backend, _pack, _plan
 from .._spec import ConvArgumentError, ConvSpec, check_like, check_tensor
 from ..registry import INPUT_GRAD, Kernel, dispatch, register
 
@@ -41,6 +41,9 @@ def _phase_taps(spec) -> int:
 
 @register
 class Gemm1x1Dgrad(Kernel):
+    """The forward's GEMM kernel (kernels/conv1x1_gemm.py) on dX = dY @ W per group; its host
+    rules are mcconv.ops.forward.Gemm1x1's."""
+
     name = "gemm_1x1_dgrad"
     operation = INPUT_GRAD
     jit_name = "conv1x1_gemm_kernel"
@@ -54,31 +57,52 @@ class Gemm1x1Dgrad(Kernel):
         return spec.n * spec.h * spec.w, spec.c_per_group, spec.k_per_group
 
     def limits(self, spec):
-        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group, "BLOCK_K": spec.k_per_group}
+        from .forward import Gemm1x1
+
+        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group,
+                "BLOCK_K": Gemm1x1.reduction_limit(spec, spec.k_per_group)}
 
     def grid(self, spec, config, split=1):
         return (_cdiv(spec.n * spec.h * spec.w, config["BLOCK_M"]) * _cdiv(spec.c_per_group, config["BLOCK_N"]),
-                spec.groups)
+                spec.groups, split)
 
     def pointers(self, grad_z, weight, grad_input):
         # The GEMM's forward pointers (x, w, bias, y, z, residual): no bias, z or residual is read.
         return grad_z, weight, weight, grad_input, grad_input, grad_input
 
     def arguments(self, spec, strides, split=1):
+        from .forward import Gemm1x1  # the kernel's argument rules live with its forward declaration
+
         w = strides["w"]
         # dY plays the GEMM's X (reduction: K/g), dX its Y (columns: C/g); W's rows (out channels)
         # are the reduction, its columns (in channels) the GEMM's columns; groups step along W's rows.
-        return ((spec.n, spec.h, spec.w, spec.k_per_group, spec.c_per_group, *strides["dy"], w[1], w[0],
-                 spec.k_per_group * w[0], *strides["dx"], 0, 0, 0, 0),
-                {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False, "HAS_RESIDUAL": False})
+        return Gemm1x1.gemm_arguments(spec, (spec.n, spec.h, spec.w), spec.k_per_group, spec.c_per_group,
+                                      strides["dy"], (w[1], w[0], spec.k_per_group * w[0]), strides["dx"], None,
+                                      {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False,
+                                       "HAS_RESIDUAL": False}, split)
 
     def loop_trips(self, spec, config, split=1):
-        # kernels/conv1x1_gemm.py: `for c0 in range(0, C_PER_GROUP, BLOCK_K)`, here over K/g
-        return [_cdiv(spec.k_per_group, config["BLOCK_K"])]
+        # kernels/conv1x1_gemm.py: `for kb in range(k_first, k_end)`, here over K/g blocks, this share
+        return [_cdiv(_cdiv(spec.k_per_group, config["BLOCK_K"]), split)]
+
+    @staticmethod
+    def packs_weight(spec, w_strides) -> bool:
+        """Whether a call reads a per-call K-major copy of the weight (mcconv._pack.dgrad_packed:
+        output channels, this GEMM's reduction, at unit stride; _build asks each kernel). Under tf32
+        only: its wgmma takes K-major operands, and W[k, c] as given (input channels contiguous)
+        would load with 4-byte transposing cp.async (issue pressure 0.38 against 0.23 packed at
+        128x128x32; the copy reads and writes K*C/g*4 bytes per call, under 0.1 % of the GEMM's
+        traffic for ResNet-50's 56x56 layers, about half of it for its 7x7 ones). fp16/bf16 read
+        W in place (N-major B, 16-byte rows)."""
+        return bool(spec.tf32) and spec.dtype == torch.float32 and w_strides[0] != 1 and spec.k_per_group > 1
 
 
 @register
 class DepthwiseDgrad(Kernel):
+    """kernels/depthwise_bwd.py's depthwise_dgrad_kernel: on each stride phase's grid a stride-1
+    correlation of dY with the phase's tap slots, walked as the forward walks (the forward's
+    declaration, mcconv/ops/forward.py's Depthwise, holds the shared rules)."""
+
     name = "depthwise_dgrad"
     operation = INPUT_GRAD
     jit_name = "depthwise_dgrad_kernel"
@@ -92,24 +116,51 @@ class DepthwiseDgrad(Kernel):
         return spec.n * spec.h * spec.w, spec.c, spec.taps * (spec.k // spec.c)
 
     def limits(self, spec):
-        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c}
+        return {"BLOCK_M": self._walk(spec)["lanes"], "BLOCK_N": spec.c}
+
+    @staticmethod
+    def _rules():
+        from .forward import Depthwise
+
+        return Depthwise
+
+    def _walk(self, spec) -> dict:
+        """The phase grids' walk: tap slots (TH, TW), their row/column dilation, COLS, band rows, lanes
+        per phase (of the largest phase, cdiv(H, stride_h) x cdiv(W, stride_w)), unroll, row loop."""
+        rules = self._rules()
+        (sh, sw), (dh, dw) = spec.stride, spec.dilation
+        gh, gw = math.gcd(sh, dh), math.gcd(sw, dw)
+        th, tw = _cdiv(spec.kh, sh // gh), _cdiv(spec.kw, sw // gw)
+        row_loop = spec.k // spec.c > 1 or th * tw > rules.MAX_REGISTER_TAPS
+        rows0, cols0 = _cdiv(spec.h, sh), _cdiv(spec.w, sw)
+        cols = rules.cols(cols0, tw, 1, dw // gw)
+        unroll = rules.unroll(th, 1, dh // gh, rules.MAX_REGISTER_TAPS + 1 if row_loop else th * tw)
+        band = rules.band_rows(spec.n, rows0, cols0, spec.c, cols, unroll)
+        return {"slots": (th, tw), "cols": cols, "band": band, "unroll": unroll, "row_loop": row_loop,
+                "lanes": spec.n * _cdiv(rows0, band) * _cdiv(cols0, cols)}
 
     def grid(self, spec, config, split=1):
         sh, sw = spec.stride
-        phase_rows = spec.n * _cdiv(spec.h, sh) * _cdiv(spec.w, sw)
-        return (_cdiv(phase_rows, config["BLOCK_M"]) * sh * sw, _cdiv(spec.c, config["BLOCK_N"]))
+        return (sh * sw * _cdiv(self._walk(spec)["lanes"], config["BLOCK_M"]), _cdiv(spec.c, config["BLOCK_N"]))
 
     def arguments(self, spec, strides, split=1):
-        w = strides["w"]
-        return ((spec.n, spec.c, spec.h, spec.w, spec.k, spec.p, spec.q, spec.kh, spec.kw, *_geometry(spec),
-                 *strides["dy"], w[0], w[2], w[3], *strides["dx"]), {"CHANNEL_MULT": spec.k // spec.c})
+        rules, walk = self._rules(), self._walk(spec)
+        dy, w, dx = strides["dy"], strides["w"], strides["dx"]
+        meta = {"KH": spec.kh, "KW": spec.kw, "STRIDE_H": spec.stride[0], "STRIDE_W": spec.stride[1],
+                "DIL_H": spec.dilation[0], "DIL_W": spec.dilation[1], "COLS": walk["cols"],
+                "CHANNEL_MULT": spec.k // spec.c, "ROW_LOOP": walk["row_loop"], "CHANNELS_LAST": dy[1] == 1,
+                "C_ALIGN": rules.pow2_dividing(spec.c, cap=1024),
+                "DY_ALIGN": rules.pixel_align((spec.n, spec.k, spec.p, spec.q), dy),
+                "DX_ALIGN": rules.pixel_align((spec.n, spec.c, spec.h, spec.w), dx)}
+        return ((spec.n, spec.c, spec.h, spec.w, spec.k, spec.p, spec.q, spec.padding[0], spec.padding[2],
+                 walk["band"], *dy, w[0], w[2], w[3], *dx), meta)
 
     def loop_trips(self, spec, config, split=1):
-        # kernels/depthwise_bwd.py: `for j in range(0, CHANNEL_MULT)` under `if tap_ok` in `for tap in
-        # range(0, KH * KW)`, counting the taps of the fullest phase; a constexpr range of one
-        # iteration compiles to no loop, so multiplier 1 leaves the tap loop alone.
-        mult = spec.k // spec.c
-        return [mult, _phase_taps(spec)] if mult > 1 else [_phase_taps(spec)]
+        # kernels/depthwise_bwd.py: `for s0 in range(0, band_rows, UNROLL)`, the tap slots unrolled;
+        # the row loop (multiplier > 1 or large windows) adds `for _ in range(0, CHANNEL_MULT * TH)`
+        walk = self._walk(spec)
+        trips = _cdiv(walk["band"], walk["unroll"])
+        return [spec.k // spec.c * walk["slots"][0], trips] if walk["row_loop"] else [trips]
 
 
 @register
@@ -123,7 +174,12 @@ class ConvDgrad(Kernel):
         return spec.n * spec.h * spec.w, spec.c_per_group, spec.k_per_group * spec.taps
 
     def limits(self, spec):
-        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group, "BLOCK_K": spec.k_per_group}
+        # BLOCK_K: at most 128 bytes per tile row (one 128-byte swizzle atom, wgmma's widest): the
+        # default 128x128 tile keeps 3 stages in 96 KiB for every dtype, 2 CTAs (8 warps) per SM;
+        # tf32 at BLOCK_K 64 would need 192 KiB, one CTA of 4 warps.
+        row = 128 // spec.dtype.itemsize if spec.dtype is not None else spec.k_per_group
+        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group,
+                "BLOCK_K": min(spec.k_per_group, row)}
 
     def grid(self, spec, config, split=1):
         sh, sw = spec.stride
@@ -132,14 +188,75 @@ class ConvDgrad(Kernel):
         return (_cdiv(phase_rows, config["BLOCK_M"]) * _cdiv(spec.c_per_group, config["BLOCK_N"]) * sh * sw,
                 spec.groups)
 
+    def pointers(self, grad_z, weight, grad_input):
+        # (dy, w, bias, dx, z, residual): the input gradient reads no bias or residual and stores
+        # no pre-activation (their constexprs are off); any pointer stands in for them.
+        return grad_z, weight, weight, grad_input, grad_input, grad_input
+
     def arguments(self, spec, strides, split=1):
+        dy, w, dx = strides["dy"], strides["w"], strides["dx"]
+        r = strides.get("r", (0, 0, 0, 0))
+        elements = 16 // (spec.dtype.itemsize if spec.dtype is not None else 4)  # per 16-byte copy
+        k_major = w[0] == 1 and w[1] != 1  # reduction (output channels) contiguous: W read as B^T
+        taps = _phase_taps(spec)
+        meta = {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False, "HAS_RESIDUAL": False,
+                # per-row tap validity: one bit per tap of the fullest phase, in int32 or int64
+                "TAP_BITS": 32 if taps <= 31 else 64 if taps <= 62 else 0,
+                # what the compiler cannot prove: row offsets in multiples of whole 16-byte copies
+                "A_ALIGN": _align(elements, *dy[:1], *dy[2:], spec.k_per_group * dy[1]),
+                "B_ALIGN": _align(elements, *(w[1:] if k_major else (w[0], *w[2:])), spec.k_per_group * w[0]),
+                "D_ALIGN": _align(elements, *dx[:1], *dx[2:], spec.c_per_group * dx[1]),
+                "W_K_MAJOR": k_major,
+                "K_ALIGN": _pow2_factor(spec.k_per_group), "C_ALIGN": _pow2_factor(spec.c_per_group)}
         return ((spec.n, spec.c_per_group, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, spec.kh, spec.kw,
-                 *_geometry(spec), *strides["dy"], *strides["w"], *strides["dx"]), {})
+                 *_geometry(spec), *_tap_progression(spec.stride[0], spec.dilation[0]),
+                 *_tap_progression(spec.stride[1], spec.dilation[1]), *dy, *w, *dx, *r), meta)
+
+    @staticmethod
+    def packs_weight(spec, w_strides) -> bool:
+        """Whether a call reads a per-call (KH, KW, C/g, K) copy of the weight (mcconv._pack.dgrad_packed).
+
+        B[k, c] = W[k, c, kh, kw] loads as 16-byte copies when k (K-major) or c (N-major) is
+        contiguous and the other strides are whole copies; wgmma tf32 takes K-major operands only.
+        A channels_last weight (c contiguous) is read in place for fp16/bf16 (and IEEE fp32) when
+        its rows are 16-byte aligned (no copy; mcconv inspect, fp16, triton 3.9: issue pressure
+        0.359 in place against 0.355 packed for ResNet-50's stride-1 3x3 layers, 0.326 against
+        0.318 for the stride-2 ones, and no read and write of the weight per call); a
+        contiguous (K, C/g, KH, KW) weight (2-byte gathers otherwise), a narrow one (C/g = 3:
+        6-byte rows) and any weight under tf32 are packed. A K-major weight is read in place.
+        """
+        if w_strides[0] == 1:
+            return False
+        elements = 16 // spec.dtype.itemsize
+        if spec.tf32 or w_strides[1] != 1:
+            return True
+        return math.gcd(elements, w_strides[0], w_strides[2], w_strides[3]) != elements
 
     def loop_trips(self, spec, config, split=1):
-        # kernels/conv2d_dgrad.py: `for k0 in range(0, K_PER_GROUP, BLOCK_K)` under `if tap_ok` in
-        # `for tap in range(0, KH * KW)`: the taps of the fullest stride phase (all taps at stride 1)
-        return [_cdiv(spec.k_per_group, config["BLOCK_K"]), _phase_taps(spec)]
+        # kernels/conv2d_dgrad.py: one loop `for _ in range(0, trips)` over (tap of the phase,
+        # channel block): the taps of the fullest stride phase (all taps at stride 1) x K/g blocks
+        return [_phase_taps(spec) * _cdiv(spec.k_per_group, config["BLOCK_K"])]
+
+
+def _tap_progression(stride: int, dilation: int) -> tuple:
+    """(step, gcd, inverse) of kernels/conv2d_dgrad.py's phase_taps for one axis: the taps that
+    reach a phase are t0 + j * step, step = stride / gcd(stride, dilation); inverse: of
+    dilation / gcd modulo step (0 when step is 1)."""
+    g = math.gcd(stride, dilation)
+    step = stride // g
+    return step, g, pow(dilation // g, -1, step) if step > 1 else 0
+
+
+def _pow2_factor(n: int, cap: int = 128) -> int:
+    """The largest power of two dividing n, at most cap (cap for 0): K_ALIGN and C_ALIGN, which only
+    tell whether a block size divides the extent (blocks of up to 128; larger ones keep their
+    masks), without a compile variant per channel count."""
+    return min(n & -n, cap) if n else cap
+
+
+def _align(elements: int, *strides: int) -> int:
+    """The largest divisor of `elements` (a power of two) that divides every stride."""
+    return math.gcd(elements, *strides)
 
 
 # ------------------------------------------------------------------------------------ plans
@@ -182,20 +299,64 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
     kernel = dispatch(INPUT_GRAD, spec)
     channels_last = _plan.follows_channels_last(grad_z)
     out_strides = _plan.contiguous_strides(input_shape, channels_last)
-    spans = [(grad_z.shape, grad_z.stride()), (weight.shape, weight.stride()), (input_shape, out_strides)]
-    strides = {"dy": _plan.batched(grad_z.stride()), "w": tuple(weight.stride()), "dx": _plan.batched(out_strides)}
+    dy_strides, w_strides, dx_strides = tuple(grad_z.stride()), tuple(weight.stride()), out_strides
+    # A kernel declaring `packs_weight(spec, w_strides)` reads, when it says so, a per-call K-major
+    # copy of the weight (mcconv._pack.dgrad_packed; MCCONV_PACK_WEIGHTS=0 turns it off).
+    packs_weight = getattr(kernel, "packs_weight", None)
+    pack = packs_weight is not None and _pack.enabled() and packs_weight(spec, w_strides)
+    if pack:
+        w_strides = tuple(_pack.dgrad_packed(torch.empty(weight.shape, device="meta")).stride())
+    copy_dy = copy_dx = False
+    if kernel.name == Gemm1x1Dgrad.name:
+        from .forward import Gemm1x1
+
+        # dY is the GEMM's row operand: copied to channels_last where it would load badly in place.
+        copy_dy = spec.k_per_group > 1 and dy_strides[-3] != 1 and Gemm1x1.needs_row_copy(
+            spec, (spec.n, spec.h, spec.w), _plan.batched(dy_strides), _plan.batched(dx_strides))
+        if copy_dy:
+            dy_strides = _plan.contiguous_strides(tuple(grad_z.shape), channels_last=True)
+    if kernel.name == ConvDgrad.name:
+        # dY's channels are the reduction, read as 16-byte rows: a channel-strided (NCHW) dY is
+        # copied to channels_last in the call (reads and writes dY once), instead of 2-byte gathers
+        # on every tap of the main loop (issue pressure 1.5-2.7 and up to 6 KB of spills per thread
+        # for ResNet-50's layers, against 0.32-0.66 with the copy).
+        copy_dy = spec.k_per_group > 1 and dy_strides[-3] != 1
+        if copy_dy:
+            dy_strides = _plan.contiguous_strides(tuple(grad_z.shape), channels_last=True)
+        # Likewise dX: the tile's columns are channels; stored along a strided channel axis (NCHW),
+        # a 128x128 tile becomes 128 scalar stores per thread and spills (6 KB per thread): the
+        # kernel writes a channels_last dX and the call returns its contiguous copy (2 |dX| bytes).
+        copy_dx = spec.c > 1 and out_strides[-3] != 1
+        if copy_dx:
+            dx_strides = _plan.contiguous_strides(input_shape, channels_last=True)
+    spans = [(grad_z.shape, dy_strides), (weight.shape, w_strides), (input_shape, dx_strides)]
+    strides = {"dy": _plan.batched(dy_strides), "w": w_strides, "dx": _plan.batched(dx_strides)}
     return _plan.build(kernel, spec, grad_z.device, _plan.target_of(grad_z.device, device_name, sm_count), strides,
                        out_shape=input_shape, out_strides=out_strides, spans=lambda split: spans,
-                       channels_last=channels_last, launch=math.prod(input_shape) > 0)
+                       channels_last=channels_last, launch=math.prod(input_shape) > 0, pack_weight=pack,
+                       extra={"copy_grad_z": copy_dy, "grad_input_strides": dx_strides})
+
+
+def _channels_last_copy(t):
+    """A fresh copy of a 4-D or 3-D tensor with the strides of _plan.contiguous_strides(shape, True)."""
+    if t.dim() == 3:
+        return t.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def run(plan: _plan.Plan, grad_z, weight):
     """Launch an input-gradient plan; returns dL/dx."""
-    dx = torch.empty_strided(plan.out_shape, plan.out_strides, dtype=grad_z.dtype, device=grad_z.device)
+    # conv_dgrad may write a channels_last dX (extra["grad_input_strides"]) and return its copy.
+    dx_strides = plan.extra.get("grad_input_strides", plan.out_strides) if plan.launch else plan.out_strides
+    dx = torch.empty_strided(plan.out_shape, dx_strides, dtype=grad_z.dtype, device=grad_z.device)
     if not plan.launch:
         return dx.zero_()  # an empty reduction (no output channels) sums to zero
     if grad_z.device.type != "cuda":
         _backend.check_runnable(grad_z.device)
+    if plan.pack_weight:
+        weight = _pack.dgrad_packed(weight)
+    if plan.extra.get("copy_grad_z"):  # a channels_last copy of dL/dz (conv_dgrad; gemm_1x1_dgrad)
+        grad_z = _channels_last_copy(grad_z)
     with _backend.launch_guard(grad_z.device):
         _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, dx), *plan.args), plan.meta)
-    return dx
+    return dx if dx_strides == plan.out_strides else dx.contiguous()
