@@ -5,6 +5,8 @@ loaded on the first call, so ``TRITON_INTERPRET=1`` may be set until then (if no
 imported triton) to run them on the CPU.
 
 Public surface: :func:`conv2d`, :class:`Conv2d`, :func:`conv1d`, :class:`Conv1d` (on the 2-D kernels),
+:func:`conv_transpose2d`, :class:`ConvTranspose2d`, :func:`conv_transpose1d`, :class:`ConvTranspose1d`
+(on the input-gradient kernels),
 :func:`convert`, :func:`conversion_report`, :func:`fold_batchnorm`,
 :func:`explain`, the textbook's functions, :data:`ACTIVATIONS` (the fused activations) and the
 error classes. Tools and advanced users: :mod:`mcconv.registry` (the kernels), :mod:`mcconv.tiles`
@@ -17,7 +19,8 @@ from ._spec import ConvArgumentError, ConvSpec, ConvTypeError
 from .epilogue import ACTIVATIONS
 from .functional import conv1d, conv1d_views, conv2d, explain1d
 from .fold import FoldReport, fold_batchnorm
-from .nn import Conv1d, Conv2d, ConvertReport, conversion_report, convert
+from .nn import Conv1d, Conv2d, ConvertReport, ConvTranspose1d, ConvTranspose2d, conversion_report, convert
+from .transpose import conv_transpose1d, conv_transpose2d
 from .seed import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1
 
 __version__ = "0.2.0"
@@ -39,6 +42,8 @@ __all__ = [
     "Conv2d",
     "ConvArgumentError",
     "ConvSpec",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
     "ConvTypeError",
     "ConvertReport",
     "Dispatch",
@@ -46,6 +51,8 @@ __all__ = [
     "conv1d",
     "conv1d_views",
     "conv2d",
+    "conv_transpose1d",
+    "conv_transpose2d",
     "conversion_report",
     "convert",
     "corr2d",

@@ -1,4 +1,5 @@
-"""``torch.nn`` integration: drop-in ``Conv1d`` and ``Conv2d`` modules and :func:`convert` for whole models."""
+"""``torch.nn`` integration: drop-in ``Conv1d``, ``Conv2d``, ``ConvTranspose1d`` and ``ConvTranspose2d``
+modules and :func:`convert` for whole models."""
 from dataclasses import dataclass, field
 
 import torch.nn.functional as F
@@ -7,6 +8,7 @@ from torch import nn
 from ._spec import FLOAT_DTYPES
 from .epilogue import activation as _activation
 from .functional import conv1d, conv2d
+from .transpose import conv_transpose1d, conv_transpose2d
 
 
 class Conv2d(nn.Conv2d):
@@ -98,8 +100,71 @@ class Conv1d(nn.Conv1d):
         return s if self.activation is None else f"{s}, activation={self.activation!r}"
 
 
+class _Transposed:
+    """What ConvTranspose2d and ConvTranspose1d add to torch's class: ``activation``, and a forward
+    on mcconv's kernels (``_function``, over ``_dims`` spatial dimensions)."""
+
+    activation = None  # class default: modules converted in place or unpickled from torch's class
+    _function = None
+    _dims = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, activation=None):
+        _activation(activation)  # validates: raises naming the argument
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+                         dilation, padding_mode, device=device, dtype=dtype)
+        self.activation = activation
+
+    def forward(self, input, output_size=None, residual=None):
+        """``act(conv_transpose(input) + bias + residual)``; ``output_size`` as in torch."""
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
+                                              self._dims, self.dilation)
+        return type(self)._function(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                    self.groups, self.dilation, activation=self.activation, residual=residual)
+
+    def _get_name(self) -> str:
+        return f"mcconv.{type(self).__name__}"
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+
+
+class ConvTranspose2d(_Transposed, nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d`` computed by mcconv's Triton kernels (the input-gradient kernels of
+    the convolution it transposes), with an optional activation.
+
+    Same constructor arguments, parameters (``weight`` ``(in, out/groups, kH, kW)``, optional
+    ``bias``), initialisation and state dict as ``torch.nn.ConvTranspose2d`` -- a state dict loads
+    either way -- plus ``activation`` (None or a name in :data:`mcconv.ACTIVATIONS`). It prints as
+    ``mcconv.ConvTranspose2d(...)``. ``forward(input, output_size=None, residual=None)``: torch's
+    ``output_size`` (which picks the output_padding), and an optional residual of the output's
+    shape added before the activation (see :func:`mcconv.conv_transpose2d`; the residual and the
+    activation are composed after the kernel, not fused). Only ``padding_mode="zeros"``, as torch.
+    """
+
+    _function = staticmethod(conv_transpose2d)
+    _dims = 2
+
+
+class ConvTranspose1d(_Transposed, nn.ConvTranspose1d):
+    """``torch.nn.ConvTranspose1d`` computed by mcconv's 2-D Triton kernels, with an optional activation.
+
+    Same constructor arguments, parameters (``weight`` ``(in, out/groups, kW)``), initialisation
+    and state dict as ``torch.nn.ConvTranspose1d``, plus ``activation``; ``forward(input,
+    output_size=None, residual=None)`` as :class:`ConvTranspose2d`'s (see
+    :func:`mcconv.conv_transpose1d`, which runs on unit-height views). Only ``padding_mode="zeros"``.
+    """
+
+    _function = staticmethod(conv_transpose1d)
+    _dims = 1
+
+
 # The plain torch layer each mcconv layer replaces (convert swaps exactly these types).
-_SWAPS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d}
+_SWAPS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.ConvTranspose1d: ConvTranspose1d,
+          nn.ConvTranspose2d: ConvTranspose2d}
 _TORCH_CONVS = tuple(_SWAPS)
 _MCCONV_CONVS = tuple(_SWAPS.values())
 
@@ -108,9 +173,10 @@ _MCCONV_CONVS = tuple(_SWAPS.values())
 class ConvertReport:
     """Which convolution layers of a model run on mcconv, and why the others do not."""
 
-    converted: list = field(default_factory=list)  # qualified names of mcconv.Conv1d/Conv2d layers ("" for the model)
-    left_alone: dict = field(default_factory=dict)  # qualified name -> why this nn.Conv1d/Conv2d is not converted
-    kinds: dict = field(default_factory=dict)  # qualified name -> "Conv1d" or "Conv2d", for every layer above
+    converted: list = field(default_factory=list)  # qualified names of mcconv layers ("" for the model)
+    left_alone: dict = field(default_factory=dict)  # qualified name -> why this torch conv layer is not converted
+    kinds: dict = field(default_factory=dict)  # qualified name -> "Conv1d", "Conv2d", "ConvTranspose1d" or
+    # "ConvTranspose2d", for every layer above
 
     @property
     def swapped(self) -> int:
@@ -127,8 +193,9 @@ class ConvertReport:
 
 
 def _torch_kind(module: nn.Module) -> type:
-    """nn.Conv1d or nn.Conv2d: the torch layer class ``module`` is (or derives from)."""
-    return nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
+    """nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d or nn.ConvTranspose2d: the torch layer class
+    ``module`` is (or derives from)."""
+    return next(kind for kind in _TORCH_CONVS if isinstance(module, kind))
 
 
 def _reason_to_leave(module: nn.Module) -> str | None:
@@ -143,30 +210,33 @@ def _reason_to_leave(module: nn.Module) -> str | None:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Make every plain ``torch.nn.Conv2d`` in ``model`` (recursively) an :class:`mcconv.Conv2d`, and
-    every plain ``torch.nn.Conv1d`` an :class:`mcconv.Conv1d`; returns ``model``.
+    """Make every plain ``torch.nn.Conv2d`` in ``model`` (recursively) an :class:`mcconv.Conv2d`, every
+    plain ``torch.nn.Conv1d`` an :class:`mcconv.Conv1d`, and every plain ``nn.ConvTranspose2d`` /
+    ``nn.ConvTranspose1d`` an :class:`mcconv.ConvTranspose2d` / :class:`mcconv.ConvTranspose1d`;
+    returns ``model``.
 
     In place, like PyTorch's own converters return the model: each layer keeps its identity,
     its Parameter objects (so device, dtype, values and any optimizer that holds them), buffers,
     hooks and training mode, and only its class changes -- so references to the layer
-    elsewhere, shared layers and the model itself (if it is a Conv2d or Conv1d) follow.
-    Subclasses of ``nn.Conv2d`` / ``nn.Conv1d`` (which may compute something else) and dtypes
-    mcconv does not run are left alone; :func:`conversion_report` says which and why, and
-    ``print(model)`` shows converted layers as ``mcconv.Conv2d`` / ``mcconv.Conv1d``.
+    elsewhere, shared layers and the model itself (if it is one of these layers) follow; the
+    state dict is unchanged. Subclasses of these torch classes (which may compute something
+    else, e.g. ``LazyConvTranspose2d``) and dtypes mcconv does not run are left alone;
+    :func:`conversion_report` says which and why, and ``print(model)`` shows converted layers as
+    ``mcconv.Conv2d``, ``mcconv.ConvTranspose2d``, etc.
     """
     for _, module in model.named_modules():
         if (isinstance(module, _TORCH_CONVS) and not isinstance(module, _MCCONV_CONVS)
                 and _reason_to_leave(module) is None):
-            # type(module) is exactly nn.Conv2d (nn.Conv1d) and mcconv.Conv2d (Conv1d) only adds
-            # methods and `activation`.
+            # type(module) is exactly nn.Conv2d (nn.Conv1d, nn.ConvTranspose2d/1d) and the mcconv
+            # class only adds methods and `activation`.
             module.__class__ = _SWAPS[type(module)]
             module.activation = None
     return model
 
 
 def conversion_report(model: nn.Module) -> ConvertReport:
-    """Which ``Conv1d``/``Conv2d`` layers of ``model`` run on mcconv and why each other ``nn.Conv1d``
-    or ``nn.Conv2d`` does not."""
+    """Which ``Conv1d``/``Conv2d``/``ConvTranspose1d``/``ConvTranspose2d`` layers of ``model`` run on
+    mcconv and why each other torch layer of these kinds does not."""
     report = ConvertReport()
     for name, module in model.named_modules():
         if isinstance(module, _MCCONV_CONVS):

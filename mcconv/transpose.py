@@ -1,0 +1,303 @@
+"""Transposed convolution: :func:`conv_transpose2d` and :func:`conv_transpose1d`.
+
+The forward of a transposed convolution is the input gradient of the ordinary convolution it
+transposes: for ``w`` of shape ``(C_in, C_out / groups, kH, kW)``, ``conv_transpose2d(x, w)`` is
+dL/dinput of ``conv2d(input, w)`` (``input`` of shape ``(N, C_out, H_out, W_out)``) given
+dL/dz = ``x``. It runs on mcconv's input-gradient kernels (:func:`mcconv.ops.conv2d_input_grad`),
+with ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``.
+
+Its backward, by the same duality: dL/dx is the ordinary convolution of dL/dy with ``w``
+(mcconv's forward kernels), dL/dw the weight gradient of that convolution with the roles of
+the tensors exchanged (``grad_z = x``, ``input = dL/dy``), dL/dbias the sum of dL/dy.
+
+One custom op, ``mcconv::conv_transpose2d(input, weight, bias?, stride, padding, output_padding,
+dilation, groups) -> y`` (``padding`` and ``output_padding`` as (height, width) pairs,
+``output_padding < stride`` per axis), with a fake implementation, autograd and autocast, so
+``torch.library.opcheck`` and ``torch.compile(fullgraph=True)`` see it as one node. Nothing is
+fused into the kernel's epilogue: the op adds the bias to the kernel's output, and the residual
+and the activation are *composed* after the op with plain torch, so autograd through them is torch's.
+
+torch also accepts ``stride <= output_padding < dilation``; the op never sees it: such a call is
+the same transposed convolution of the input padded with ``output_padding // stride`` zero
+rows (columns) at the bottom (right) and ``output_padding % stride``.
+"""
+import operator
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+from ._autograd import (_NO_ACT, _autocast_cast, _autocast_dtype, _plain_eager, conv2d_bias_grad_op, conv2d_op,
+                        conv2d_weight_grad_op)
+from ._plan import contiguous_strides
+from ._spec import (ConvArgumentError, ConvTypeError, _is_int, _positive_int, check_like, check_tensor,
+                    output_channels_last)
+from .epilogue import activation as _activation
+
+
+# --------------------------------------------------------------------------- shapes
+
+def _pad4(padding) -> tuple:
+    """(height, width) padding -> mcconv's (top, bottom, left, right)."""
+    ph, pw = padding
+    return (ph, ph, pw, pw)
+
+
+def _output_shape(input_shape, weight_shape, stride, padding, output_padding, dilation, groups) -> list:
+    """The transposed convolution's output shape (3-D for an unbatched 3-D input)."""
+    *lead, _, h, w = input_shape
+    size = [(n - 1) * s - 2 * p + d * (k - 1) + o + 1
+            for n, s, p, d, k, o in zip((h, w), stride, padding, dilation, weight_shape[2:], output_padding)]
+    return [*lead, weight_shape[1] * groups, *size]
+
+
+# --------------------------------------------------------------------------- the custom op
+
+def _output_strides(input, weight, shape) -> tuple:
+    """torch's layout of the output: channels_last when the input or the weight suggests it (an
+    unbatched input read as its unsqueeze(0)), as for mcconv.conv2d and CUDA/CPU conv_transpose2d."""
+    return contiguous_strides(shape, output_channels_last(input.shape, input.stride(), weight.shape, weight.stride()))
+
+
+def _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups) -> Tensor:
+    shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    y = ops.conv2d_input_grad(input, weight, tuple(shape), tuple(stride), _pad4(padding), tuple(dilation), groups)
+    strides = _output_strides(input, weight, shape)
+    if y.stride() != strides:  # the launcher follows the input's layout only; the fake states torch's
+        y = torch.empty_strided(shape, strides, dtype=y.dtype, device=y.device).copy_(y)
+    if bias is not None:
+        y.add_(bias.view(-1, 1, 1))  # y is a fresh tensor
+    return y
+
+
+@torch.library.custom_op("mcconv::conv_transpose2d", mutates_args=())
+def conv_transpose2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                        padding: list[int], output_padding: list[int], dilation: list[int], groups: int) -> Tensor:
+    """``conv_transpose2d(input, weight) + bias`` on the input-gradient kernels (normalised arguments:
+    pairs, ``output_padding < stride``)."""
+    return _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups)
+
+
+@conv_transpose2d_op.register_fake
+def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding, dilation, groups):
+    shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    return torch.empty_strided(shape, _output_strides(input, weight, shape), dtype=input.dtype, device=input.device)
+
+
+def _setup_conv_transpose2d(ctx, inputs, output):
+    input, weight, bias, stride, padding, output_padding, dilation, groups = inputs
+    ctx.conv_args = (list(stride), list(_pad4(padding)), list(dilation), groups)
+    ctx.weight_shape = list(weight.shape)
+    needs = ctx.needs_input_grad
+    # dL/dx needs the weight, dL/dw the input: keep only what will be used.
+    ctx.save_for_backward(input if needs[1] else None, weight if needs[0] else None)
+
+
+def _backward_conv_transpose2d(ctx, grad_y):
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv_args
+    needs = ctx.needs_input_grad
+    grad_input = grad_weight = grad_bias = None
+    if needs[0]:  # the convolution this op transposes, applied to dL/dy
+        grad_input = conv2d_op(grad_y, weight, None, stride, padding, dilation, groups, _NO_ACT)
+    if needs[1]:  # the convolution's weight gradient, roles exchanged: dL/dz = x, input = dL/dy
+        grad_weight = conv2d_weight_grad_op(input, grad_y, ctx.weight_shape, stride, padding, dilation, groups)
+    if len(needs) > 2 and needs[2]:
+        grad_bias = conv2d_bias_grad_op(grad_y)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+conv_transpose2d_op.register_autograd(_backward_conv_transpose2d, setup_context=_setup_conv_transpose2d)
+
+
+def _register_autocast(device_type: str, lib) -> None:
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(_keyset, input, weight, bias, stride, padding, output_padding, dilation, groups):
+        dtype = torch.get_autocast_dtype(device_type)  # the context's dtype, as mcconv::conv2d
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return conv_transpose2d_op(_autocast_cast(input, device_type, dtype),
+                                       _autocast_cast(weight, device_type, dtype),
+                                       _autocast_cast(bias, device_type, dtype),
+                                       stride, padding, output_padding, dilation, groups)
+
+    lib.impl("conv_transpose2d", kernel, key, with_keyset=True)
+
+
+_lib = torch.library.Library("mcconv", "FRAGMENT")  # kept alive: owns the autocast registrations
+for _device_type in ("cuda", "cpu"):
+    _register_autocast(_device_type, _lib)
+
+
+# --------------------------------------------------------------------------- validation
+
+def _ints(name: str, value, dims: int, low: int) -> tuple:
+    """An int or a sequence of 1 or ``dims`` ints, each >= ``low``, as a ``dims``-tuple."""
+    what = "an int" if dims == 1 else f"an int or {dims} ints"
+    if _is_int(value):
+        values = (operator.index(value),)
+    elif isinstance(value, (tuple, list)):
+        if not all(_is_int(v) for v in value):
+            raise ConvTypeError(f"{name}: expected {what}, got {value!r}")
+        if len(value) not in (1, dims):
+            raise ConvArgumentError(f"{name}: expected {what} (one per spatial axis), got {value!r}")
+        values = tuple(operator.index(v) for v in value)
+    else:
+        raise ConvTypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    if min(values) < low:
+        raise ConvArgumentError(f"{name}: expected values >= {low}, got {value!r}")
+    return values * dims if len(values) == 1 else values
+
+
+def _validate(input, weight, bias, residual, stride, padding, output_padding, dilation, groups, activation,
+              dims: int) -> tuple:
+    """Check a ``conv_transpose{dims}d`` call as torch would, naming the argument in its own
+    (1-D or 2-D) terms; ``(stride, padding, output_padding, dilation, groups, activation)``, each
+    option a ``dims``-tuple."""
+    axes = "L" if dims == 1 else "H, W"
+    check_tensor("input", input, (dims + 1, dims + 2), f"a {dims + 1}-D (C, {axes}) or {dims + 2}-D (N, C, {axes})")
+    if not isinstance(weight, Tensor):
+        raise ConvTypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    check_like("weight", weight, "input", input)
+    if weight.dim() != dims + 2:
+        kernel = "kW" if dims == 1 else "kH, kW"
+        raise ConvArgumentError(f"weight: expected a {dims + 2}-D (in_channels, out_channels/groups, {kernel}) "
+                                f"tensor, got {weight.dim()}-D with shape {tuple(weight.shape)}")
+    act = _activation(activation)
+    groups = _positive_int("groups", groups)
+    stride = _ints("stride", stride, dims, 1)
+    dilation = _ints("dilation", dilation, dims, 1)
+    if isinstance(padding, str):
+        raise ConvTypeError(f"padding: expected an int or a tuple of ints (transposed convolutions take no "
+                            f"'same' or 'valid', as in torch), got {padding!r}")
+    padding = _ints("padding", padding, dims, 0)
+    output_padding = _ints("output_padding", output_padding, dims, 0)
+    if any(o >= max(s, d) for o, s, d in zip(output_padding, stride, dilation)):
+        raise ConvArgumentError(f"output_padding: expected values smaller than stride or dilation (as torch), "
+                                f"got output_padding {output_padding} for stride {stride} and dilation {dilation}")
+    shape, wshape = tuple(input.shape), tuple(weight.shape)
+    n, c = (1, shape[0]) if input.dim() == dims + 1 else shape[:2]
+    if wshape[0] < 1:
+        raise ConvArgumentError(f"weight: expected at least one input channel (dimension 0), got shape {wshape}")
+    if wshape[0] != c:
+        raise ConvArgumentError(f"weight: expected shape[0] == in_channels = {c} (a transposed convolution's weight "
+                                f"is (in_channels, out_channels/groups, ...)), got weight of shape {wshape}")
+    if c % groups:
+        raise ConvArgumentError(f"groups: expected a divisor of in_channels={c}, got {groups}")
+    if min(wshape[2:]) < 1:
+        raise ConvArgumentError(f"weight: expected a kernel of at least one tap per axis, got shape {wshape}")
+    if min(shape[-dims:]) < 1 and n > 0 and c > 0:  # torch's rule: an empty image only in an empty batch
+        raise ConvArgumentError(f"input: expected a non-empty {'signal' if dims == 1 else 'image'} (only the batch "
+                                f"or the channels may be 0), got shape {shape}")
+    size = [(length - 1) * s - 2 * p + d * (k - 1) + o + 1
+            for length, s, p, d, k, o in zip(shape[-dims:], stride, padding, dilation, wshape[2:], output_padding)]
+    if min(size) < 1:
+        raise ConvArgumentError(f"input: the output size {tuple(size)} is too small (input {shape}, weight {wshape}, "
+                                f"stride {stride}, padding {padding}, output_padding {output_padding}, dilation "
+                                f"{dilation})")
+    out_shape = (*shape[:-dims - 1], wshape[1] * groups, *size)
+    if bias is not None:
+        check_like("bias", bias, "input", input)
+        if bias.dim() != 1 or bias.shape[0] != out_shape[-dims - 1]:
+            raise ConvArgumentError(f"bias: expected a 1-D tensor of {out_shape[-dims - 1]} elements (out_channels "
+                                    f"= weight.shape[1] * groups), got shape {tuple(bias.shape)}")
+    if residual is not None:
+        check_like("residual", residual, "input", input)
+        if tuple(residual.shape) != out_shape:
+            raise ConvArgumentError(f"residual: expected the output's shape {out_shape} (no broadcasting), "
+                                    f"got {tuple(residual.shape)}")
+    return stride, padding, output_padding, dilation, groups, act
+
+
+def _autocast(input, weight, bias, residual) -> tuple:
+    """Cast as aten's convolutions do under autocast, before the checks see the dtypes."""
+    if isinstance(input, Tensor) and isinstance(weight, Tensor):
+        cast_to = _autocast_dtype(input.device.type)
+        if cast_to is not None:
+            device_type = input.device.type
+            input = _autocast_cast(input, device_type, cast_to)
+            weight = _autocast_cast(weight, device_type, cast_to)
+            if isinstance(bias, Tensor):
+                bias = _autocast_cast(bias, device_type, cast_to)
+            if isinstance(residual, Tensor):
+                residual = _autocast_cast(residual, device_type, cast_to)
+    return input, weight, bias, residual
+
+
+# --------------------------------------------------------------------------- entry points
+
+def _run(input, weight, bias, residual, stride, padding, output_padding, dilation, groups, act) -> Tensor:
+    """The validated 2-D call: the op (or its implementation, for eager inference), then the
+    residual and the activation composed in torch."""
+    extra = [o // s for o, s in zip(output_padding, stride)]
+    if any(extra):  # stride <= output_padding < dilation: zero rows/columns of input (module docstring)
+        input = F.pad(input, (0, extra[1], 0, extra[0]))
+        output_padding = tuple(o % s for o, s in zip(output_padding, stride))
+    args = (list(stride), list(padding), list(output_padding), list(dilation), groups)
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad))
+    if not (torch.compiler.is_compiling() or needs_grad) and _plain_eager(input, weight, bias, residual):
+        y = _conv_transpose2d_impl(input, weight, bias, *args)  # skips the op's Python dispatch
+        if residual is not None:
+            y.add_(residual)
+        return y if act is None else act.reference(y)
+    y = conv_transpose2d_op(input, weight, bias, *args)
+    if residual is not None:
+        y = y + residual
+    return y if act is None else act.reference(y)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     activation=None, residual=None):
+    """2-D transposed convolution with the semantics of ``torch.nn.functional.conv_transpose2d``
+    (same argument order), plus a residual add and an activation.
+
+    Args:
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``; float16, bfloat16 or float32;
+            CUDA (or CPU under ``TRITON_INTERPRET=1``); any strides.
+        weight: ``(C_in, C_out / groups, kH, kW)``, same dtype and device.
+        bias: optional ``(C_out,)``.
+        stride, dilation: int or pair, >= 1.
+        padding: int or pair, >= 0 (no ``"same"``/``"valid"``, as in torch).
+        output_padding: int or pair, each smaller than the axis' stride or dilation.
+        groups: divides C_in (and C_out = weight.shape[1] * groups).
+        activation: None or a name in :data:`mcconv.ACTIVATIONS`.
+        residual: optional tensor of exactly the output's shape, same dtype and device.
+
+    Returns:
+        ``act(conv_transpose2d(input, weight) + bias + residual)``: ``(N, C_out, H_out, W_out)``
+        with ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``.
+
+    The convolution runs on the input-gradient kernels (``mcconv::conv_transpose2d``, a custom op
+    with autograd for input, weight and bias); the residual and the activation are applied after
+    it with torch (composed, not fused into the kernel). Raises :class:`mcconv.ConvArgumentError`
+    / :class:`mcconv.ConvTypeError`, naming the argument, for what torch refuses.
+    """
+    input, weight, bias, residual = _autocast(input, weight, bias, residual)
+    stride, padding, output_padding, dilation, groups, act = _validate(
+        input, weight, bias, residual, stride, padding, output_padding, dilation, groups, activation, dims=2)
+    return _run(input, weight, bias, residual, stride, padding, output_padding, dilation, groups, act)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     activation=None, residual=None):
+    """1-D transposed convolution with the semantics of ``torch.nn.functional.conv_transpose1d``,
+    plus a residual add and an activation (composed, not fused), on the 2-D path.
+
+    ``input`` ``(N, C_in, L)`` or ``(C_in, L)``, ``weight`` ``(C_in, C_out / groups, kW)``; the
+    options are ints or 1-tuples. Validated in 1-D terms, then run as :func:`conv_transpose2d`
+    on views of unit height (input ``(N, C_in, 1, L)``, weight ``(C_in, C_out/g, 1, kW)``, options
+    on the width axis), without copying the input.
+    """
+    from .functional import _input_view
+
+    input, weight, bias, residual = _autocast(input, weight, bias, residual)
+    (s,), (p,), (o,), (d,), groups, act = _validate(
+        input, weight, bias, residual, stride, padding, output_padding, dilation, groups, activation, dims=1)
+    y = _run(_input_view(input), weight.unsqueeze(-2), bias, None if residual is None else residual.unsqueeze(-2),
+             (1, s), (0, p), (0, o), (1, d), groups, act)
+    return y.squeeze(-2)

@@ -1,0 +1,377 @@
+"""mcconv.conv_transpose2d/1d and mcconv.ConvTranspose2d/1d: torch's transposed convolutions on the
+input-gradient kernels.
+
+Values and gradients (input, weight, bias, residual) against float64 torch on the very values
+mcconv received; errors against what CPU torch raises (each error case first asserts that torch
+raises); the modules' state dicts both ways, ``output_size``, ``mcconv.convert``; the custom op
+under ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``. Shapes are tiny: on the CPU
+the kernels run through Triton's interpreter.
+"""
+import copy
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mcconv
+from reference import DEVICE, DTYPES, ON_GPU, unit_roundoff
+
+OPS = torch.ops.mcconv
+COMPILE_BACKEND = "inductor" if ON_GPU or shutil.which("g++") else "aot_eager"
+ACT = {name: a.reference for name, a in mcconv.ACTIVATIONS.items()}
+
+
+def f64(t):
+    return None if t is None else t.detach().double().cpu().requires_grad_(t.requires_grad)
+
+
+def reference(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, activation=None,
+              residual=None, dims=2):
+    """act(F.conv_transpose{dims}d(x, w, b) + residual), differentiable (pass float64 leaves)."""
+    conv = F.conv_transpose2d if dims == 2 else F.conv_transpose1d
+    y = conv(x, w, b, stride, padding, output_padding, groups, dilation)
+    if residual is not None:
+        y = y + residual
+    return y if activation is None else ACT[activation](y)
+
+
+def assert_close(actual, expected, dtype, length):
+    """Tolerance by dtype and reduction length (see reference.assert_conv_close), with the margin
+    test_autograd uses for the extra rounding of an unfused bias, residual or activation."""
+    u = unit_roundoff(dtype)
+    torch.testing.assert_close(actual.detach().double().cpu(), expected.detach().double(), rtol=8 * u,
+                               atol=8 * u * math.sqrt(length) + 1e-5)
+
+
+def _make(n, c_in, size, c_out, kernel, groups=1, bias=True, dtype=torch.float32):
+    x = torch.randn((c_in, *size) if n is None else (n, c_in, *size), device=DEVICE).to(dtype)
+    fan = c_in // groups * math.prod(kernel)
+    w = (torch.randn(c_in, c_out // groups, *kernel, device=DEVICE) / math.sqrt(fan)).to(dtype)
+    b = torch.randn(c_out, device=DEVICE).to(dtype) if bias else None
+    return x, w, b
+
+
+def _check_values_and_grads(fn, x, w, b, options, dtype, dims=2, residual=None):
+    """Forward and every gradient against float64 torch."""
+    leaves = [t.requires_grad_() for t in (x, w, b, residual) if t is not None]
+    y = fn(x, w, b, **options, residual=residual)
+    assert y.dtype == dtype
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, gy)
+    leaves64 = [f64(t) for t in leaves]
+    it = iter(leaves64)
+    x64, w64 = next(it), next(it)
+    b64 = next(it) if b is not None else None
+    r64 = next(it) if residual is not None else None
+    act = options.get("activation")
+    y64 = reference(x64, w64, b64, **{k: v for k, v in options.items() if k != "activation"}, dims=dims,
+                    residual=r64)
+    y64 = y64 * (y.detach().cpu() > 0) if act == "relu" else y64 if act is None else ACT[act](y64)
+    assert y.shape == y64.shape
+    grads64 = torch.autograd.grad(y64, leaves64, gy.double().cpu())
+    groups = options.get("groups", 1)
+    c_in, c_out_g = w.shape[0], w.shape[1]
+    taps = math.prod(w.shape[2:])
+    pixels = y64.numel() // y64.shape[-dims - 1]
+    assert_close(y, y64, dtype, c_in // groups * taps)
+    lengths = [c_out_g * taps, pixels, pixels, 1]
+    for got, want, leaf, length in zip(grads, grads64, leaves, lengths):
+        assert got.shape == leaf.shape and got.dtype == leaf.dtype
+        assert_close(got, want, dtype, length)
+    return y
+
+
+# --------------------------------------------------------------------------- 2-D values and gradients
+
+# (N, C_in, (H, W), C_out, kernel, options): odd sizes, every option.
+CASES = {
+    "plain": (2, 3, (5, 6), 4, (3, 3), {}),
+    "stride2-pad1-outpad1-nobias": (2, 4, (5, 7), 3, (3, 2), dict(stride=2, padding=1, output_padding=1, bias=False)),
+    "stride3-outpad21-dil12-groups2": (2, 4, (5, 5), 6, (3, 3),
+                                       dict(stride=3, padding=(1, 0), output_padding=(2, 1), dilation=(1, 2),
+                                            groups=2)),
+    "depthwise-x2-stride12-nobias": (2, 4, (5, 6), 8, (3, 3),
+                                     dict(groups=4, stride=(1, 2), padding=1, output_padding=(0, 1), bias=False)),
+    "outpad-at-least-stride": (2, 3, (5, 5), 3, (2, 3), dict(stride=1, dilation=3, output_padding=2, padding=1)),
+    "unbatched-stride2": (None, 3, (5, 6), 5, (3, 3), dict(stride=2, output_padding=1)),
+}
+
+
+@pytest.mark.parametrize("n, c_in, size, c_out, kernel, options", CASES.values(), ids=CASES.keys())
+def test_values_and_gradients_match_float64_torch(n, c_in, size, c_out, kernel, options):
+    options = dict(options)
+    x, w, b = _make(n, c_in, size, c_out, kernel, options.get("groups", 1), bias=options.pop("bias", True))
+    _check_values_and_grads(mcconv.conv_transpose2d, x, w, b, options, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=str)
+def test_half_precision_values_and_gradients(dtype):
+    x, w, b = _make(2, 4, (5, 5), 6, (3, 3), groups=2, dtype=dtype)
+    _check_values_and_grads(mcconv.conv_transpose2d, x, w, b, dict(stride=2, padding=1, output_padding=1, groups=2),
+                            dtype)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_residual_and_activation(activation):
+    x, w, b = _make(2, 3, (5, 6), 4, (3, 3))
+    residual = torch.randn(2, 4, 10, 18, device=DEVICE)
+    y = _check_values_and_grads(mcconv.conv_transpose2d, x, w, b,
+                                dict(stride=(2, 3), padding=1, output_padding=(1, 2), activation=activation),
+                                torch.float32, residual=residual)
+    with torch.no_grad():  # the inference path (no op dispatch) composes the same epilogue
+        y_inf = mcconv.conv_transpose2d(x, w, b, (2, 3), 1, (1, 2), activation=activation, residual=residual)
+    torch.testing.assert_close(y_inf, y, rtol=1e-6, atol=1e-6)
+
+
+def test_output_padding_is_applied():
+    """output_padding adds rows/columns at the bottom/right that the input still reaches when
+    output_padding <= padding: both the shape and those values must follow it."""
+    x, w, b = _make(1, 3, (4, 5), 2, (3, 3))
+    y0 = mcconv.conv_transpose2d(x, w, b, stride=2, padding=1)
+    y1 = mcconv.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1)
+    assert y0.shape == (1, 2, 7, 9) and y1.shape == (1, 2, 8, 10)
+    expected = F.conv_transpose2d(f64(x), f64(w), f64(b), stride=2, padding=1, output_padding=1)
+    assert_close(y1, expected, torch.float32, 27)
+    last_row = expected[..., -1, :] - f64(b).view(1, -1, 1)
+    assert last_row.abs().max() > 0.1  # the input reaches the added row: ignoring it could not pass
+    torch.testing.assert_close(y1[..., :-1, :-1], y0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["x-channels_last", "w-channels_last", "w-permuted", "unbatched-w-channels_last"])
+def test_layouts_values_and_output_strides_like_torch(layout):
+    x, w, b = _make(None if layout.startswith("unbatched") else 2, 4, (5, 5), 3, (3, 3))
+    if layout == "x-channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout.endswith("w-channels_last"):
+        w = w.to(memory_format=torch.channels_last)
+    else:
+        w = w.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    y = mcconv.conv_transpose2d(x, w, b, stride=2)
+    assert y.stride() == F.conv_transpose2d(x.cpu(), w.cpu(), b.cpu(), stride=2).stride()
+    assert_close(y, F.conv_transpose2d(f64(x), f64(w), f64(b), stride=2), torch.float32, 36)
+
+
+def test_empty_batch_like_torch():
+    x, w, b = _make(0, 3, (4, 4), 2, (3, 3))
+    y = mcconv.conv_transpose2d(x, w, b, stride=2)
+    assert y.shape == F.conv_transpose2d(x.cpu(), w.cpu(), b.cpu(), stride=2).shape == (0, 2, 9, 9)
+
+
+# --------------------------------------------------------------------------- 1-D
+
+
+@pytest.mark.parametrize("n, options", [
+    (2, dict(stride=2, padding=1, output_padding=1, groups=2, dilation=2)),
+    (None, dict(stride=3, output_padding=2, activation="silu")),
+], ids=["groups2-stride2-dil2", "unbatched-stride3-silu"])
+def test_conv_transpose1d_values_and_gradients(n, options):
+    x, w, b = _make(n, 4, (7,), 6, (3,), options.get("groups", 1))
+    _check_values_and_grads(mcconv.conv_transpose1d, x, w, b, options, torch.float32, dims=1)
+
+
+def test_conv_transpose1d_non_contiguous_input_and_residual():
+    x = torch.randn(2, 9, 3, device=DEVICE).transpose(1, 2)  # (N, C, L) view of an (N, L, C) buffer
+    w = torch.randn(3, 4, 3, device=DEVICE) / 3
+    r = torch.randn(2, 4, 18, device=DEVICE)
+    y = mcconv.conv_transpose1d(x, w, None, 2, 1, 1, residual=r, activation="hardswish")
+    expected = F.hardswish(F.conv_transpose1d(f64(x), f64(w), None, 2, 1, 1) + f64(r))
+    assert_close(y, expected, torch.float32, 9)
+
+
+# --------------------------------------------------------------------------- errors
+
+F32, F16 = torch.float32, torch.float16
+# name -> (x shape, w shape, b shape, x dtype, options, mcconv's class, the argument named)
+ERRORS = {
+    "outpad-not-below-stride": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(stride=2, output_padding=2),
+                                ValueError, "output_padding"),
+    "outpad-stride1": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(output_padding=1), ValueError, "output_padding"),
+    "outpad-negative": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(output_padding=-1), ValueError,
+                        "output_padding"),
+    "padding-negative": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(padding=-1), ValueError, "padding"),
+    "padding-same": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(padding="same"), TypeError, "padding"),
+    "output-too-small": ((1, 4, 2, 2), (4, 3, 3, 3), None, F32, dict(padding=3), ValueError, "input"),
+    "stride-0": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(stride=0), ValueError, "stride"),
+    "stride-3-values": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(stride=(1, 2, 1)), ValueError, "stride"),
+    "stride-float": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(stride=2.0), TypeError, "stride"),
+    "dilation-0": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(dilation=0), ValueError, "dilation"),
+    "groups-not-dividing": ((1, 4, 5, 5), (4, 3, 3, 3), None, F32, dict(groups=3), ValueError, "groups"),
+    "channels-mismatch": ((1, 4, 5, 5), (3, 3, 3, 3), None, F32, {}, ValueError, "weight"),
+    "bias-size": ((1, 4, 5, 5), (4, 3, 3, 3), (4,), F32, {}, ValueError, "bias"),
+    "input-2d": ((5, 5), (4, 3, 3, 3), None, F32, {}, ValueError, "input"),
+    "input-empty-image": ((1, 4, 0, 5), (4, 3, 3, 3), None, F32, {}, ValueError, "input"),
+    "dtype-mismatch": ((1, 4, 5, 5), (4, 3, 3, 3), None, F16, {}, TypeError, "weight"),
+}
+
+
+@pytest.mark.parametrize("x_shape, w_shape, b_shape, dtype, options, documented, name", ERRORS.values(),
+                         ids=ERRORS.keys())
+def test_errors_like_torch(x_shape, w_shape, b_shape, dtype, options, documented, name):
+    x = torch.randn(x_shape, device=DEVICE).to(dtype)
+    w = torch.randn(w_shape, device=DEVICE)
+    b = None if b_shape is None else torch.randn(b_shape, device=DEVICE).to(w.dtype)
+    with pytest.raises(Exception) as theirs:
+        F.conv_transpose2d(x.cpu(), w.cpu(), None if b is None else b.cpu(), **options)
+    assert isinstance(theirs.value, (RuntimeError, TypeError))
+    with pytest.raises(RuntimeError if documented is ValueError else TypeError) as info:
+        mcconv.conv_transpose2d(x, w, b, **options)
+    assert isinstance(info.value, documented) and str(info.value).startswith(f"{name}: "), str(info.value)
+
+
+def test_epilogue_and_1d_errors_name_the_argument():
+    x, w = torch.randn(1, 4, 5, 5, device=DEVICE), torch.randn(4, 3, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="^activation: "):
+        mcconv.conv_transpose2d(x, w, activation="tanh")
+    with pytest.raises(ValueError, match=r"^residual: .*\(1, 3, 7, 7\)"):
+        mcconv.conv_transpose2d(x, w, residual=torch.zeros(1, 3, 5, 5, device=DEVICE))
+    x1, w1 = torch.randn(1, 4, 5, device=DEVICE), torch.randn(4, 3, 3, device=DEVICE)
+    with pytest.raises(RuntimeError):
+        F.conv_transpose1d(x1.cpu(), w1.cpu(), stride=(2, 1))
+    with pytest.raises(ValueError, match="^stride: "):
+        mcconv.conv_transpose1d(x1, w1, stride=(2, 1))
+    with pytest.raises(ValueError, match="^output_padding: "):
+        mcconv.conv_transpose1d(x1, w1, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="^weight: .*3-D"):
+        mcconv.conv_transpose1d(x1, w1.unsqueeze(-1))
+    with pytest.raises(TypeError, match="^input: .*float64"):  # torch runs float64; mcconv does not
+        mcconv.conv_transpose2d(x.double(), w.double())
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def test_module_state_dict_both_ways_output_size_unbatched_and_residual():
+    theirs = nn.ConvTranspose2d(4, 6, (3, 2), stride=2, padding=1, groups=2, dilation=(1, 2), device=DEVICE)
+    ours = mcconv.ConvTranspose2d(4, 6, (3, 2), stride=2, padding=1, groups=2, dilation=(1, 2), device=DEVICE,
+                                  activation="relu")
+    assert theirs.state_dict().keys() == ours.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    back = nn.ConvTranspose2d(4, 6, (3, 2), stride=2, padding=1, groups=2, dilation=(1, 2), device=DEVICE)
+    back.load_state_dict(ours.state_dict())
+    for name, t in back.state_dict().items():
+        torch.testing.assert_close(t, theirs.state_dict()[name], rtol=0, atol=0)
+    assert "mcconv.ConvTranspose2d(4, 6" in repr(ours) and "activation='relu'" in repr(ours)
+    x = torch.randn(2, 4, 5, 4, device=DEVICE)
+    for size in (None, [10, 8], (2, 6, 9, 8)):  # output_size picks output_padding, as in torch
+        y, y_ref = ours(x, output_size=size), F.relu(theirs(x, output_size=size))
+        assert y.shape == y_ref.shape
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="output size"):
+        ours(x, output_size=[12, 8])
+    r = torch.randn(6, 10, 8, device=DEVICE)
+    torch.testing.assert_close(ours(x[0], [10, 8], residual=r), F.relu(theirs(x[0], [10, 8]) + r),
+                               rtol=1e-4, atol=1e-5)  # unbatched, residual
+    with pytest.raises(ValueError, match="activation"):
+        mcconv.ConvTranspose2d(4, 6, 3, activation="tanh")
+
+
+def test_module_1d_matches_nn_and_trains():
+    theirs = nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
+    ours = mcconv.ConvTranspose1d(3, 4, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 6, device=DEVICE, requires_grad=True)
+    y, y_ref = ours(x, output_size=[11]), theirs(x, output_size=[11])
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, ours.weight, ours.bias), gy)
+    grads_ref = torch.autograd.grad(y_ref, (x, theirs.weight, theirs.bias), gy)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours(x[1]), theirs(x[1]), rtol=1e-4, atol=1e-5)  # unbatched
+
+
+class _ScaledConvTranspose2d(nn.ConvTranspose2d):
+    """A subclass with its own forward: convert must leave it alone."""
+
+    def forward(self, x, output_size=None):
+        return 2 * super().forward(x, output_size)
+
+
+class _EncoderDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1)
+        self.scaled = _ScaledConvTranspose2d(3, 2, 1)
+        self.line = nn.ConvTranspose1d(2, 2, 2, stride=2)
+
+    def forward(self, x):
+        y = self.scaled(self.up(F.relu(self.down(x))))
+        return self.line(y.flatten(2))
+
+
+def test_convert_mixed_model_keeps_state_dict_and_reports():
+    model = _EncoderDecoder().to(DEVICE)
+    original = copy.deepcopy(model)
+    params = list(model.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert mcconv.convert(model) is model
+    assert type(model.down) is mcconv.Conv2d and type(model.up) is mcconv.ConvTranspose2d
+    assert type(model.line) is mcconv.ConvTranspose1d and type(model.scaled) is _ScaledConvTranspose2d
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    assert model.state_dict().keys() == state.keys()
+    for name, t in model.state_dict().items():
+        torch.testing.assert_close(t, state[name], rtol=0, atol=0)
+    report = mcconv.conversion_report(model)
+    assert report.converted == ["down", "up", "line"] and list(report.left_alone) == ["scaled"]
+    assert "subclass of nn.ConvTranspose2d" in report.left_alone["scaled"]
+    assert report.kinds == {"down": "Conv2d", "up": "ConvTranspose2d", "scaled": "ConvTranspose2d",
+                            "line": "ConvTranspose1d"}
+    assert str(report).startswith("mcconv: 1 Conv2d and 1 ConvTranspose1d and 1 ConvTranspose2d layer(s) run")
+    assert "mcconv.ConvTranspose2d(4, 3" in repr(model)
+    x = torch.randn(2, 3, 5, 6, device=DEVICE)
+    torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+    original.load_state_dict(model.state_dict())  # and back
+    assert mcconv.conversion_report(mcconv.convert(model)) == report  # idempotent
+
+
+# --------------------------------------------------------------------------- op, compile, autocast
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "w-channels_last"])
+def test_opcheck(layout):
+    x = torch.randn(2, 4, 3, 4, device=DEVICE)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 2, 3, device=DEVICE)  # groups 2: C_out = 6
+    if layout == "w-channels_last":
+        w = w.to(memory_format=torch.channels_last)
+    b = torch.randn(6, device=DEVICE)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 1], [1, 0], [1, 0], [1, 2], 2)
+    torch.library.opcheck(OPS.conv_transpose2d.default, args)
+
+
+def _decoder(x, w1, b1, w2, r):
+    y = mcconv.conv_transpose2d(x, w1, b1, stride=2, padding=1, output_padding=1, activation="silu")
+    return mcconv.conv_transpose1d(y.flatten(2), w2, None, stride=2, residual=r)
+
+
+def test_compile_fullgraph_forward_and_backward():
+    x = torch.randn(2, 3, 4, 3, device=DEVICE)
+    params = [torch.randn(3, 2, 3, 3, device=DEVICE) / 4, torch.randn(2, device=DEVICE),
+              torch.randn(2, 2, 2, device=DEVICE) / 2, torch.randn(2, 2, 96, device=DEVICE)]
+    leaves = [x.requires_grad_()] + [p.requires_grad_() for p in params]
+    compiled = torch.compile(_decoder, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+    out = compiled(*leaves)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    out_eager = _decoder(*leaves)
+    grads_eager = torch.autograd.grad(out_eager.square().sum(), leaves)
+    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_eager):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(ON_GPU, reason="CPU autocast")
+def test_autocast_cpu_float16():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = mcconv.conv_transpose2d(x, w, stride=2)
+    assert y.dtype == torch.float16
+    y_ref = F.conv_transpose2d(x.detach().half().double(), w.detach().half().double(), stride=2)
+    assert_close(y, y_ref, torch.float16, 27)
+    (gw,) = torch.autograd.grad(y.float().sum(), w)
+    assert gw.dtype == torch.float32
