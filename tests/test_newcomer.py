@@ -41,7 +41,7 @@ def test_readme_leads_with_set_up_per_kind_of_machine():
 def test_ci_runs_the_readme_commands():
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     readme = [line.strip() for block in _code_blocks("bash") for line in block.splitlines()]
-    for command in ('.venv/bin/pip install -e ".[test]"', ".venv/bin/pytest"):
+    for command in ('.venv/bin/pip install -e ".[test]"', ".venv/bin/pytest -n 2 --dist loadfile"):
         assert command in readme and command in ci
 
 
