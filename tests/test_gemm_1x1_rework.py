@@ -359,6 +359,33 @@ def test_nchw_rows_that_load_badly_are_copied_to_channels_last(hw, copies, monke
     assert_conv_close(input_grad.run(dgrad, gz, w), xd.grad, torch.float16, 48)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_forward_split_finishes_with_the_epilogue_pass(layout, monkeypatch):
+    """On an H100 (132 SMs) a 1x1 layer with one tile and a long reduction splits it: fp32
+    partials, then conv2d_split_epilogue_kernel adds them in order and applies bias, residual and
+    activation (and stores the pre-activation for training), as the unsplit kernel would."""
+    from mcconv import _backend
+
+    monkeypatch.setattr(_plan, "_plans", {})
+    monkeypatch.setattr(_backend, "sm_count", lambda device: 132)
+    torch.manual_seed(0)
+    x = torch.randn(2, 2048, 3, 3)
+    if layout == "channels_last":
+        x = _cl(x)
+    w = torch.randn(48, 1024, 1, 1) / 32
+    b, r = torch.randn(48), torch.randn(2, 48, 3, 3)
+    plan = forward.plan(x, w, b, groups=2, activation="silu", residual=r)
+    assert plan.kernel.name == "gemm_1x1" and plan.split == 4 and plan.grid[2] == 4  # 32 steps of 64 over 4
+    with _backend.capture() as launches:  # records the launches (without running them)
+        forward.run(plan, x, w, b, r, preact=True)
+    assert [fn.__name__ for fn, *_ in launches] == ["conv1x1_gemm_kernel", "conv2d_split_epilogue_kernel"]
+    y, z = forward.run(plan, x, w, b, r, preact=True)
+    expected_z = reference_conv2d(x, w, b, groups=2) + r.double()
+    assert_conv_close(z, expected_z, torch.float32, 1024)
+    assert_conv_close(y, torch.nn.functional.silu(expected_z), torch.float32, 1024)
+    assert torch.equal(y, mcconv.conv2d(x, w, b, groups=2, activation="silu", residual=r))  # a fixed order
+
+
 # ------------------------------------------------------------------------------- compiled (sm_90)
 
 SCRIPT = textwrap.dedent("""

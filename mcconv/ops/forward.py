@@ -65,6 +65,14 @@ class Gemm1x1(Kernel):
         # kernels/conv1x1_gemm.py: `for kb in range(k_first, k_end)`, this program's share of the blocks
         return [_cdiv(_cdiv(spec.c_per_group, config["BLOCK_K"]), split)]
 
+    def split(self, spec, config, sm_count):
+        # The forward's partials [split, N*P*Q, K] are conv_direct's: run() finishes them with
+        # conv2d_split_epilogue_kernel. (gemm_1x1_dgrad has no such second pass yet: unsplit.)
+        if "BLOCK_K" not in config:  # autotuned blocks are not known here
+            return 1
+        return self.split_for(self.grid(spec, config)[0] * spec.groups, _cdiv(spec.c_per_group, config["BLOCK_K"]),
+                              sm_count)
+
     # -- shared with gemm_1x1_dgrad (mcconv/ops/input_grad.py), which runs the same kernel
 
     ROW_BYTES = 128  # reduction block cap in bytes: 64 fp16/bf16, 32 fp32 elements
@@ -651,8 +659,11 @@ def _split_launch(plan, residual) -> tuple:
         m = spec.n * spec.p * spec.q
         y_strides = _plan.batched(plan.out_strides)
         r_strides = _plan.batched(residual.stride()) if spec.has_residual else y_strides
-        meta = {k: plan.meta[k] for k in ("HAS_BIAS", "ACTIVATION", "STORE_PREACT", "HAS_RESIDUAL", "Y_RUN",
-                                          "R_RUN", "INDEX_64")}
+        meta = {k: plan.meta[k] for k in ("HAS_BIAS", "ACTIVATION", "STORE_PREACT", "HAS_RESIDUAL", "INDEX_64")}
+        # conv_direct's plans carry the output's and residual's pixel runs; gemm_1x1's are worked out here
+        vec = _vector(spec)
+        meta["Y_RUN"] = plan.meta.get("Y_RUN", _pixel_run(spec, y_strides, vec))
+        meta["R_RUN"] = plan.meta.get("R_RUN", _pixel_run(spec, r_strides, vec) if spec.has_residual else 1)
         launch = ((_cdiv(m, blocks["BLOCK_M"]), _cdiv(spec.k, blocks["BLOCK_N"])), m * spec.k,
                   (spec.n, spec.k, spec.p, spec.q, *y_strides, *r_strides), {**meta, **blocks})
         _split_launches[plan] = launch
