@@ -386,6 +386,34 @@ def test_forward_split_finishes_with_the_epilogue_pass(layout, monkeypatch):
     assert torch.equal(y, mcconv.conv2d(x, w, b, groups=2, activation="silu", residual=r))  # a fixed order
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "unbatched"])
+def test_input_gradient_split_sums_into_dx(layout, monkeypatch):
+    """gemm_1x1_dgrad splits a long reduction over few tiles too (132 SMs): fp32 partials, then the
+    split epilogue pass (epilogue off) writes dL/dx in its layout."""
+    from mcconv import _backend
+
+    monkeypatch.setattr(_plan, "_plans", {})
+    monkeypatch.setattr(_backend, "sm_count", lambda device: 132)
+    torch.manual_seed(0)
+    gz = torch.randn(2, 2048, 3, 3)
+    if layout == "channels_last":
+        gz = _cl(gz)
+    elif layout == "unbatched":
+        gz = gz[0]
+    w = torch.randn(2048, 24, 1, 1) / 32
+    x_shape = (*gz.shape[:-3], 48, 3, 3)
+    plan = input_grad.plan(gz, w, x_shape, groups=2)
+    assert plan.kernel.name == "gemm_1x1_dgrad" and plan.split == 4  # 1024 out-channels a group: 32 steps of 32
+    with _backend.capture() as launches:  # records the launches (without running them)
+        input_grad.run(plan, gz, w)
+    assert [fn.__name__ for fn, *_ in launches] == ["conv1x1_gemm_kernel", "conv2d_split_epilogue_kernel"]
+    dx = input_grad.run(plan, gz, w)
+    xd = torch.zeros(x_shape, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(xd, w.double(), groups=2).backward(gz.double())
+    assert dx.shape == x_shape and dx.stride() == plan.out_strides
+    assert_conv_close(dx, xd.grad, torch.float32, 1024)
+
+
 # ------------------------------------------------------------------------------- compiled (sm_90)
 
 SCRIPT = textwrap.dedent("""

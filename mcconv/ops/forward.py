@@ -67,7 +67,7 @@ class Gemm1x1(Kernel):
 
     def split(self, spec, config, sm_count):
         # The forward's partials [split, N*P*Q, K] are conv_direct's: run() finishes them with
-        # conv2d_split_epilogue_kernel. (gemm_1x1_dgrad has no such second pass yet: unsplit.)
+        # conv2d_split_epilogue_kernel (gemm_1x1_dgrad's run() too, its epilogue off).
         if "BLOCK_K" not in config:  # autotuned blocks are not known here
             return 1
         return self.split_for(self.grid(spec, config)[0] * spec.groups, _cdiv(spec.c_per_group, config["BLOCK_K"]),

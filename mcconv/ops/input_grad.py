@@ -70,6 +70,16 @@ class Gemm1x1Dgrad(Kernel):
         # The GEMM's forward pointers (x, w, bias, y, z, residual): no bias, z or residual is read.
         return grad_z, weight, weight, grad_input, grad_input, grad_input
 
+    def split(self, spec, config, sm_count):
+        # As the forward's (Gemm1x1.split_for); run() adds the fp32 partials [split, N*H*W, C] with
+        # the forward's split epilogue kernel, its epilogue off.
+        from .forward import Gemm1x1
+
+        if "BLOCK_K" not in config:  # autotuned blocks are not known here
+            return 1
+        return Gemm1x1.split_for(self.grid(spec, config)[0] * spec.groups, _cdiv(spec.k_per_group, config["BLOCK_K"]),
+                                 sm_count)
+
     def arguments(self, spec, strides, split=1):
         from .forward import Gemm1x1  # the kernel's argument rules live with its forward declaration
 
@@ -330,9 +340,14 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
         if copy_dx:
             dx_strides = _plan.contiguous_strides(input_shape, channels_last=True)
     spans = [(grad_z.shape, dy_strides), (weight.shape, w_strides), (input_shape, dx_strides)]
+    pixels = spec.n * spec.h * spec.w
+
+    def spans_of(split):  # with a split, the fp32 partial sums [split, N*H*W, C] too
+        return spans + ([((split * pixels * spec.c,), (1,))] if split > 1 else [])
+
     strides = {"dy": _plan.batched(dy_strides), "w": w_strides, "dx": _plan.batched(dx_strides)}
     return _plan.build(kernel, spec, grad_z.device, _plan.target_of(grad_z.device, device_name, sm_count), strides,
-                       out_shape=input_shape, out_strides=out_strides, spans=lambda split: spans,
+                       out_shape=input_shape, out_strides=out_strides, spans=spans_of,
                        channels_last=channels_last, launch=math.prod(input_shape) > 0, pack_weight=pack,
                        extra={"copy_grad_z": copy_dy, "grad_input_strides": dx_strides})
 
@@ -358,5 +373,27 @@ def run(plan: _plan.Plan, grad_z, weight):
     if plan.extra.get("copy_grad_z"):  # a channels_last copy of dL/dz (conv_dgrad; gemm_1x1_dgrad)
         grad_z = _channels_last_copy(grad_z)
     with _backend.launch_guard(grad_z.device):
-        _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, dx), *plan.args), plan.meta)
+        if plan.split > 1:
+            _run_split(plan, grad_z, weight, dx)
+        else:
+            _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, dx), *plan.args), plan.meta)
     return dx if dx_strides == plan.out_strides else dx.contiguous()
+
+
+def _run_split(plan, grad_z, weight, dx) -> None:
+    """gemm_1x1_dgrad split: fp32 partial sums [split, N*H*W, C], then the forward's
+    conv2d_split_epilogue_kernel adds them in order into dx (no bias, activation or residual)."""
+    from mcconv._kernels import conv2d_split_epilogue_kernel
+
+    from .forward import SPLIT_EPILOGUE_BLOCKS as blocks
+
+    spec = plan.spec
+    m = spec.n * spec.h * spec.w
+    partial = torch.empty((plan.split, m, spec.c), dtype=torch.float32, device=dx.device)
+    d = _plan.batched(dx.stride())
+    _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, partial), *plan.args), plan.meta)
+    meta = {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False, "HAS_RESIDUAL": False, "Y_RUN": 1,
+            "R_RUN": 1, "INDEX_64": plan.index_64, **blocks}
+    grid = (_cdiv(m, blocks["BLOCK_M"]), _cdiv(spec.c, blocks["BLOCK_N"]))
+    _backend.launch(conv2d_split_epilogue_kernel, grid,
+                    (partial, dx, plan.split, m * spec.c, dx, dx, dx, spec.n, spec.c, spec.h, spec.w, *d, *d), meta)
