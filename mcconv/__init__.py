@@ -8,7 +8,7 @@ Public surface: :func:`conv2d`, :class:`Conv2d`, :func:`conv1d`, :class:`Conv1d`
 :func:`conv_transpose2d`, :class:`ConvTranspose2d`, :func:`conv_transpose1d`, :class:`ConvTranspose1d`
 (on the input-gradient kernels),
 :func:`convert`, :func:`conversion_report`, :func:`fold_batchnorm`,
-:func:`explain`, the textbook's functions, :data:`ACTIVATIONS` (the fused activations) and the
+:func:`explain` (and :func:`explain1d`, :func:`explain_transpose2d`), the textbook's functions, :data:`ACTIVATIONS` (the fused activations) and the
 error classes. Tools and advanced users: :mod:`mcconv.registry` (the kernels), :mod:`mcconv.tiles`
 (tile tables), :mod:`mcconv.ops` (launchers without autograd), :mod:`mcconv.epilogue`, and
 :func:`inspect` (``mcconv.tools.inspect.inspect``, imported on first access: compiles a call's
@@ -20,7 +20,7 @@ from .epilogue import ACTIVATIONS
 from .functional import conv1d, conv1d_views, conv2d, explain1d
 from .fold import FoldReport, fold_batchnorm
 from .nn import Conv1d, Conv2d, ConvertReport, ConvTranspose1d, ConvTranspose2d, conversion_report, convert
-from .transpose import conv_transpose1d, conv_transpose2d
+from .transpose import conv_transpose1d, conv_transpose2d, explain_transpose2d
 from .seed import corr2d, corr2d_multi_in, corr2d_multi_in_out, corr2d_multi_in_out_1x1
 
 __version__ = "0.2.0"
@@ -61,6 +61,7 @@ __all__ = [
     "corr2d_multi_in_out_1x1",
     "explain",
     "explain1d",
+    "explain_transpose2d",
     "fold_batchnorm",
     "plans",
 ]

@@ -301,3 +301,26 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     y = _run(_input_view(input), weight.unsqueeze(-2), bias, None if residual is None else residual.unsqueeze(-2),
              (1, s), (0, p), (0, o), (1, d), groups, act)
     return y.squeeze(-2)
+
+
+def explain_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                        activation=None, residual=None, device_name: str | None = None):
+    """Which kernel and tile configuration :func:`conv_transpose2d` would launch for these
+    arguments: a :class:`mcconv.Dispatch` of its input-gradient kernel (``conv_dgrad``, or
+    ``gemm_1x1_dgrad`` for 1x1 stride-1 calls). Tensors may be on the ``meta`` device (shapes
+    only); ``device_name`` selects another GPU model's tile table. The bias, residual and
+    activation are applied after the kernel (not fused), so they do not change the dispatch.
+    Raises what the convolution raises for bad arguments."""
+    from .ops import input_grad
+
+    stride, padding, output_padding, dilation, groups, _ = _validate(
+        input, weight, bias, residual, stride, padding, output_padding, dilation, groups, activation, dims=2)
+    extra = [o // s for o, s in zip(output_padding, stride)]
+    if any(extra):  # as _run: zero rows/columns of input for output_padding >= stride
+        shape = (*input.shape[:-2], input.shape[-2] + extra[0], input.shape[-1] + extra[1])
+        input = torch.empty(shape, dtype=input.dtype, device="meta")
+        output_padding = tuple(o % s for o, s in zip(output_padding, stride))
+    shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    plan = input_grad.plan(input, weight, tuple(shape), tuple(stride), _pad4(padding), tuple(dilation), groups,
+                           device_name=device_name)
+    return plan.dispatch

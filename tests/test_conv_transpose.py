@@ -375,3 +375,18 @@ def test_autocast_cpu_float16():
     assert_close(y, y_ref, torch.float16, 27)
     (gw,) = torch.autograd.grad(y.float().sum(), w)
     assert gw.dtype == torch.float32
+
+
+def test_explain_names_the_input_gradient_kernel():
+    """explain_transpose2d says what conv_transpose2d launches, on meta tensors too; its errors are the call's."""
+    e = dict(device="meta", dtype=torch.float16)
+    x, w = torch.empty(2, 16, 7, 7, **e), torch.empty(16, 8, 3, 3, **e)
+    d = mcconv.explain_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    assert d.kernel == "conv_dgrad" and tuple(d.output_shape) == (2, 8, 14, 14)
+    assert mcconv.explain_transpose2d(x, torch.empty(16, 8, 1, 1, **e)).kernel == "gemm_1x1_dgrad"
+    # output_padding >= stride (below the dilation): the call pads the input, and so does explain
+    d = mcconv.explain_transpose2d(x, w, stride=1, padding=1, output_padding=1, dilation=2)
+    assert tuple(d.output_shape) == (2, 8, 10, 10) == tuple(F.conv_transpose2d(
+        torch.zeros(2, 16, 7, 7), torch.zeros(16, 8, 3, 3), stride=1, padding=1, output_padding=1, dilation=2).shape)
+    with pytest.raises(mcconv.ConvArgumentError, match="output_padding"):
+        mcconv.explain_transpose2d(x, w, stride=2, output_padding=2)
