@@ -336,3 +336,32 @@ def test_compiled_structure(compiled):
         assert r["error"] is None and r["mma_kind"] == "wgmma", (label, r["mma"])
         assert r["async_loads"] == "all" and r["spill_bytes"] == 0, (label, r["async_loads"], r["spill_bytes"])
         assert r["effective_pressure"] <= limits[label], (label, r["effective_pressure"])
+
+
+def _elementwise_wgrad(x, w_shape, gz, stride, padding, dilation):
+    """float64 dL/dw as the definition's sum of products over the zero-padded input, element by
+    element (no BLAS, whose kernels may skip zero operands, so that 0 * inf gives NaN)."""
+    xr, pad = _pad(x.detach().double().cpu(), padding)
+    cols = F.unfold(xr, w_shape[2:], dilation=dilation, padding=pad, stride=stride)  # (N, C*KH*KW, P*Q)
+    g = gz.detach().double().cpu().flatten(2)  # (N, K, P*Q)
+    return (g[:, :, None, :] * cols[:, None, :, :]).sum((0, 3)).view(w_shape)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("where", [(0, 1, 0, 0), (1, 0, 2, 4), (0, 2, 3, 1)], ids=["corner", "edge", "interior"])
+def test_nonfinite_grad_gives_nan_through_the_padding(where):
+    """A NaN or Inf in dL/dz reaches dL/dw as the definition puts it: times the zero padding too
+    (0 * inf = NaN; torch's CPU paths differ among themselves here, its autograd through a padded
+    F.conv2d gives these NaNs), while the kernel walks only in-image pixels and the wrapper
+    restores them (stride 2, dilation 2, asymmetric padding: taps that read padding on one side)."""
+    x_shape, w_shape, opts = (2, 4, 9, 11), (3, 4, 3, 3), ((2, 2), (2, 1, 0, 3), (2, 2), 1)
+    x, gz = _tensors(x_shape, w_shape, *opts, torch.float32, "channels_last")
+    gz = gz.clone()
+    gz[where] = float("inf")
+    dw = ops.conv2d_weight_grad(gz, x, w_shape, *opts)
+    expected = _elementwise_wgrad(x, w_shape, gz, *opts[:3])
+    assert torch.equal(torch.isnan(dw), torch.isnan(expected))
+    assert torch.equal(torch.isinf(dw), torch.isinf(expected)) and torch.isinf(dw).any()
+    assert torch.isnan(dw).any() == (where != (0, 2, 3, 1))  # the interior pixel meets no padding
+    finite = torch.isfinite(expected)
+    assert_conv_close(dw[finite], expected[finite], torch.float32, gz.numel() // w_shape[0])

@@ -407,12 +407,14 @@ def _padding_specials(spec, grad_z, out) -> None:
     input, the zero padding included, so a NaN or infinite dL/dz pixel gives NaN (0 * inf, 0 *
     nan) in each tap that reads padding for it, while conv_wgrad walks only the pixels whose tap
     lands in the image. Tap (kh, kw) reads padding for pixel (p, q) when kh does for row p or kw
-    for column q, so per-axis masks suffice. A few device ops, no host sync; padded
-    convolutions only (without padding no tap reads outside the image)."""
+    for column q, so per-axis masks suffice. About ten small device ops, no host sync; padded
+    convolutions only (without padding no tap reads outside the image). A follow-up could fold
+    this into the kernel's own pass over dL/dz."""
     gz = grad_z if grad_z.dim() == 4 else grad_z.unsqueeze(0)
     (sh, sw), (pt, _, pl, _), (dh, dw) = spec.stride, spec.padding, spec.dilation
     rows = _padding_taps(spec.h, spec.p, spec.kh, sh, pt, dh, gz.device)
     cols = _padding_taps(spec.w, spec.q, spec.kw, sw, pl, dw, gz.device)
-    bad = (~torch.isfinite(gz)).any(0)  # (K, P, Q)
-    hits = (bad.any(2).to(torch.float32) @ rows)[:, :, None] + (bad.any(1).to(torch.float32) @ cols)[:, None, :]
-    out.add_(torch.where(hits > 0, float("nan"), 0.0).view(spec.k, 1, spec.kh, spec.kw).to(out.dtype))
+    bad = torch.isfinite(gz).logical_not_()  # (N, K, P, Q)
+    hits = ((bad.any(3).any(0).to(torch.float32) @ rows)[:, :, None]  # (K, KH): rows' taps in the padding
+            + (bad.any(2).any(0).to(torch.float32) @ cols)[:, None, :])  # (K, KW): columns'
+    out.masked_fill_((hits > 0).view(spec.k, 1, spec.kh, spec.kw), float("nan"))
