@@ -1,4 +1,4 @@
-"""``torch.nn`` integration: drop-in ``Conv1d``, ``Conv2d``, ``ConvTranspose1d`` and ``ConvTranspose2d``
+"""``torch.nn`` integration: drop-in ``Conv1d``, ``Conv2d``, ``Conv3d``, ``ConvTranspose1d`` and ``ConvTranspose2d``
 modules and :func:`convert` for whole models."""
 from dataclasses import dataclass, field
 
@@ -6,12 +6,52 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._spec import FLOAT_DTYPES
+from .conv3d import conv3d
 from .epilogue import activation as _activation
 from .functional import conv1d, conv2d
 from .transpose import conv_transpose1d, conv_transpose2d
 
 
-class Conv2d(nn.Conv2d):
+class _Forward:
+    """What Conv1d, Conv2d and Conv3d add to torch's class: ``activation``, and a forward on
+    mcconv's kernels (``_function``). Padding modes other than ``"zeros"`` pad with ``F.pad``
+    (``_mode_padding``) and then convolve without padding, as torch does."""
+
+    activation = None  # class default: modules converted in place or unpickled from torch's class
+    _function = None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, activation=None):
+        _activation(activation)  # validates: raises naming the argument
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self.activation = activation
+
+    def forward(self, input, residual=None):
+        """``act(conv(input) + bias + residual)``; ``residual`` of the output's shape, added before the activation."""
+        return self._conv_forward(input, self.weight, self.bias, residual)
+
+    def _mode_padding(self) -> tuple:
+        return self._reversed_padding_repeated_twice
+
+    def _conv_forward(self, input, weight, bias, residual=None):
+        function = type(self)._function
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._mode_padding(), mode=self.padding_mode)
+            return function(input, weight, bias, self.stride, 0, self.dilation, self.groups,
+                            activation=self.activation, residual=residual)
+        return function(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                        activation=self.activation, residual=residual)
+
+    def _get_name(self) -> str:
+        return f"mcconv.{type(self).__name__}"
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+
+
+class Conv2d(_Forward, nn.Conv2d):
     """``torch.nn.Conv2d`` computed by mcconv's Triton kernels, with an optional fused activation.
 
     Same constructor arguments, parameters (``weight`` ``(out, in/groups, kH, kW)``, optional
@@ -24,36 +64,10 @@ class Conv2d(nn.Conv2d):
     as torch does.
     """
 
-    activation = None  # class default: modules converted in place or unpickled from nn.Conv2d
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None, activation=None):
-        _activation(activation)  # validates: raises naming the argument
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self.activation = activation
-
-    def forward(self, input, residual=None):
-        """``act(conv2d(input) + bias + residual)``; ``residual`` as in :func:`mcconv.conv2d`."""
-        return self._conv_forward(input, self.weight, self.bias, residual)
-
-    def _conv_forward(self, input, weight, bias, residual=None):
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups, activation=self.activation,
-                          residual=residual)
-        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                      activation=self.activation, residual=residual)
-
-    def _get_name(self) -> str:
-        return "mcconv.Conv2d"
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+    _function = staticmethod(conv2d)
 
 
-class Conv1d(nn.Conv1d):
+class Conv1d(_Forward, nn.Conv1d):
     """``torch.nn.Conv1d`` computed by mcconv's 2-D Triton kernels, with an optional fused activation.
 
     Same constructor arguments, parameters (``weight`` ``(out, in/groups, kW)``, optional
@@ -67,37 +81,28 @@ class Conv1d(nn.Conv1d):
     pair (an mcconv extension, with any padding mode).
     """
 
-    activation = None  # class default: modules converted in place or unpickled from nn.Conv1d
+    _function = staticmethod(conv1d)
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None, activation=None):
-        _activation(activation)  # validates: raises naming the argument
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self.activation = activation
+    def _mode_padding(self) -> tuple:
+        if not isinstance(self.padding, str) and len(self.padding) == 2:  # (left, right)
+            return tuple(self.padding)
+        return self._reversed_padding_repeated_twice
 
-    def forward(self, input, residual=None):
-        """``act(conv1d(input) + bias + residual)``; ``residual`` as in :func:`mcconv.conv1d`."""
-        return self._conv_forward(input, self.weight, self.bias, residual)
 
-    def _conv_forward(self, input, weight, bias, residual=None):
-        if self.padding_mode != "zeros":
-            if not isinstance(self.padding, str) and len(self.padding) == 2:  # (left, right)
-                pad = tuple(self.padding)
-            else:
-                pad = self._reversed_padding_repeated_twice
-            input = F.pad(input, pad, mode=self.padding_mode)
-            return conv1d(input, weight, bias, self.stride, 0, self.dilation, self.groups, activation=self.activation,
-                          residual=residual)
-        return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                      activation=self.activation, residual=residual)
+class Conv3d(_Forward, nn.Conv3d):
+    """``torch.nn.Conv3d`` computed by mcconv's 2-D Triton kernels, with an optional fused activation.
 
-    def _get_name(self) -> str:
-        return "mcconv.Conv1d"
+    Same constructor arguments, parameters (``weight`` ``(out, in/groups, kD, kH, kW)``, optional
+    ``bias``), initialisation and state dict as ``torch.nn.Conv3d`` -- a state dict loads either
+    way -- plus ``activation`` (None or a name in :data:`mcconv.ACTIVATIONS`), applied in the
+    kernel's epilogue. It prints as ``mcconv.Conv3d(...)``. ``forward(input, residual=None)``
+    also takes an optional residual of the output's shape, added in the epilogue before the
+    activation (see :func:`mcconv.conv3d`: a depth im2col over the 2-D kernels, which copies the
+    input about kD times). Padding modes other than ``"zeros"`` pad with ``F.pad`` and then
+    convolve without padding, as torch does.
+    """
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+    _function = staticmethod(conv3d)
 
 
 class _Transposed:
@@ -163,7 +168,7 @@ class ConvTranspose1d(_Transposed, nn.ConvTranspose1d):
 
 
 # The plain torch layer each mcconv layer replaces (convert swaps exactly these types).
-_SWAPS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.ConvTranspose1d: ConvTranspose1d,
+_SWAPS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d, nn.ConvTranspose1d: ConvTranspose1d,
           nn.ConvTranspose2d: ConvTranspose2d}
 _TORCH_CONVS = tuple(_SWAPS)
 _MCCONV_CONVS = tuple(_SWAPS.values())
@@ -175,7 +180,7 @@ class ConvertReport:
 
     converted: list = field(default_factory=list)  # qualified names of mcconv layers ("" for the model)
     left_alone: dict = field(default_factory=dict)  # qualified name -> why this torch conv layer is not converted
-    kinds: dict = field(default_factory=dict)  # qualified name -> "Conv1d", "Conv2d", "ConvTranspose1d" or
+    kinds: dict = field(default_factory=dict)  # qualified name -> "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d" or
     # "ConvTranspose2d", for every layer above
 
     @property
@@ -193,7 +198,7 @@ class ConvertReport:
 
 
 def _torch_kind(module: nn.Module) -> type:
-    """nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d or nn.ConvTranspose2d: the torch layer class
+    """nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d or nn.ConvTranspose2d: the torch layer class
     ``module`` is (or derives from)."""
     return next(kind for kind in _TORCH_CONVS if isinstance(module, kind))
 
@@ -211,7 +216,8 @@ def _reason_to_leave(module: nn.Module) -> str | None:
 
 def convert(model: nn.Module) -> nn.Module:
     """Make every plain ``torch.nn.Conv2d`` in ``model`` (recursively) an :class:`mcconv.Conv2d`, every
-    plain ``torch.nn.Conv1d`` an :class:`mcconv.Conv1d`, and every plain ``nn.ConvTranspose2d`` /
+    plain ``torch.nn.Conv1d`` an :class:`mcconv.Conv1d`, every plain ``torch.nn.Conv3d`` an
+    :class:`mcconv.Conv3d`, and every plain ``nn.ConvTranspose2d`` /
     ``nn.ConvTranspose1d`` an :class:`mcconv.ConvTranspose2d` / :class:`mcconv.ConvTranspose1d`;
     returns ``model``.
 
@@ -227,7 +233,7 @@ def convert(model: nn.Module) -> nn.Module:
     for _, module in model.named_modules():
         if (isinstance(module, _TORCH_CONVS) and not isinstance(module, _MCCONV_CONVS)
                 and _reason_to_leave(module) is None):
-            # type(module) is exactly nn.Conv2d (nn.Conv1d, nn.ConvTranspose2d/1d) and the mcconv
+            # type(module) is exactly nn.Conv2d (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d/1d) and the mcconv
             # class only adds methods and `activation`.
             module.__class__ = _SWAPS[type(module)]
             module.activation = None
@@ -235,7 +241,7 @@ def convert(model: nn.Module) -> nn.Module:
 
 
 def conversion_report(model: nn.Module) -> ConvertReport:
-    """Which ``Conv1d``/``Conv2d``/``ConvTranspose1d``/``ConvTranspose2d`` layers of ``model`` run on
+    """Which ``Conv1d``/``Conv2d``/``Conv3d``/``ConvTranspose1d``/``ConvTranspose2d`` layers of ``model`` run on
     mcconv and why each other torch layer of these kinds does not."""
     report = ConvertReport()
     for name, module in model.named_modules():

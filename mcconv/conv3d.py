@@ -1,0 +1,301 @@
+"""conv3d on the 2-D kernels: a depth im2col, then :func:`mcconv.conv2d`.
+
+A first version without a kernel that has a depth axis: the input, padded along depth, is
+gathered into ``(N * D_out, C * kD, H, W)`` -- for each output depth ``d_o`` the ``kD`` input
+depth slices it reads, channel index ``c * kD + kd`` -- and the weight ``(K, C/g, kD, kH, kW)``
+is viewed as ``(K, C/g * kD, kH, kW)`` with the same channel order (group g's channels stay
+contiguous), so that one 2-D convolution over height and width with ``groups`` groups computes
+every output depth at once. The gather is a copy of ``kD`` times the (depth-padded, depth-strided)
+input; the output ``(N * D_out, K, P, Q)`` is laid back out as ``(N, K, D_out, P, Q)``.
+
+Arguments are validated here, in 3-D terms, before anything is copied, so that errors name what
+the caller gave; what conv2d checks afterwards it words without shapes.
+"""
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _autograd
+from ._plan import option_key
+from ._spec import ConvArgumentError, ConvTypeError, _is_int, _positive_int, check_like, check_tensor
+from .epilogue import activation as _activation
+
+
+# --------------------------------------------------------------------------- argument normalisation
+
+def _ints_3d(name: str, value, lengths, what: str) -> tuple:
+    if _is_int(value):
+        return (operator.index(value),)
+    if isinstance(value, (tuple, list)):  # torch.Size is a tuple
+        if not all(_is_int(v) for v in value):
+            raise ConvTypeError(f"{name}: expected {what} of ints, got {value!r}")
+        if len(value) not in lengths:
+            raise ConvArgumentError(f"{name}: expected {what} of ints (conv3d has three spatial axes: depth, "
+                                    f"height, width), got {value!r}")
+        return tuple(operator.index(v) for v in value)
+    raise ConvTypeError(f"{name}: expected {what} of ints, got {type(value).__name__} {value!r}")
+
+
+def _triple(name: str, value) -> tuple:
+    """stride or dilation of conv3d: an int, a 1-tuple or a (depth, height, width) triple, each >= 1."""
+    values = _ints_3d(name, value, (1, 3), "an int or a (depth, height, width) triple")
+    if min(values) < 1:
+        raise ConvArgumentError(f"{name}: expected values >= 1, got {value!r}")
+    return values * 3 if len(values) == 1 else values
+
+
+def _padding_3d(padding, kernel, stride, dilation) -> tuple:
+    """conv3d's padding as (front, back, top, bottom, left, right): an int, a 1-tuple, a
+    (depth, height, width) triple, "valid" or "same"."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * 6
+        if padding == "same":
+            if stride != (1, 1, 1):
+                raise ConvArgumentError(f"padding: 'same' needs stride 1 (as in torch), got stride {stride}")
+            pads = ()
+            for k, d in zip(kernel, dilation):  # as torch: the odd element (even kernels) at the far side
+                total = d * (k - 1)
+                pads += (total // 2, total - total // 2)
+            return pads
+        raise ConvArgumentError(f"padding: expected an int, a (depth, height, width) triple, 'same' or 'valid', "
+                                f"got {padding!r}")
+    values = _ints_3d("padding", padding, (1, 3), "an int or a (depth, height, width) triple")
+    if min(values) < 0:
+        raise ConvArgumentError(f"padding: expected non-negative values, got {padding!r}")
+    pd, ph, pw = values * 3 if len(values) == 1 else values
+    return (pd, pd, ph, ph, pw, pw)
+
+
+def _check_3d(input_shape, weight_shape, residual_shape, stride, padding, dilation, groups) -> tuple:
+    """Validate a conv3d call's shapes and options in 3-D terms; returns ``(stride, padding
+    (front, back, top, bottom, left, right), dilation, groups, (D_out, P, Q))``."""
+    unbatched = len(input_shape) == 4
+    n, c, d, h, w = (1, *input_shape) if unbatched else input_shape
+    k, c_per_group, kd, kh, kw = weight_shape
+    groups = _positive_int("groups", groups)
+    if k < 1:
+        raise ConvArgumentError(f"weight: expected at least one output channel (dimension 0), "
+                                f"got shape {weight_shape}")
+    if c % groups:
+        raise ConvArgumentError(f"groups: expected a divisor of in_channels={c}, got {groups}")
+    if k % groups:
+        raise ConvArgumentError(f"groups: expected a divisor of out_channels={k} (weight.shape[0]), got {groups}")
+    if c_per_group * groups != c:
+        raise ConvArgumentError(f"weight: expected shape[1] == in_channels / groups = {c} / {groups}, "
+                                f"got weight of shape {weight_shape} for an input of {c} channels")
+    if min(kd, kh, kw) < 1:
+        raise ConvArgumentError(f"weight: expected a kernel of at least 1x1x1, got {kd}x{kh}x{kw} "
+                                f"(shape {weight_shape})")
+    if min(d, h, w) < 1 and n > 0 and c > 0:  # torch's rule: an empty volume only in an empty batch
+        raise ConvArgumentError(f"input: expected a non-empty volume (only the batch or the channels may be 0), "
+                                f"got shape {input_shape}")
+    stride = _triple("stride", stride)
+    dilation = _triple("dilation", dilation)
+    pads = _padding_3d(padding, (kd, kh, kw), stride, dilation)
+    spans = tuple(di * (ki - 1) + 1 for di, ki in zip(dilation, (kd, kh, kw)))
+    padded = tuple(size + pads[2 * i] + pads[2 * i + 1] for i, size in enumerate((d, h, w)))
+    if any(p < s for p, s in zip(padded, spans)):
+        raise ConvArgumentError(f"input: the padded input is {'x'.join(map(str, padded))} but the (dilated) kernel "
+                                f"spans {'x'.join(map(str, spans))}: the kernel can't be larger than the padded "
+                                f"input (input {input_shape}, padding {pads} (front, back, top, bottom, left, "
+                                f"right), dilation {dilation})")
+    out_spatial = tuple((p - s) // st + 1 for p, s, st in zip(padded, spans, stride))
+    if residual_shape is not None:
+        out = (k if c else 0, *out_spatial)
+        out = out if unbatched else (n, *out)
+        if residual_shape != out:
+            raise ConvArgumentError(f"residual: expected the output's shape {out} (no broadcasting), "
+                                    f"got {residual_shape}")
+    return stride, pads, dilation, groups, out_spatial
+
+
+_checked: dict = {}  # (shapes, option keys) -> normalised options: validated once per kind of call
+_MAX_CHECKED = 4096  # then cleared: bounded, whatever the caller's shapes
+
+
+def _options(input_shape, weight_shape, residual_shape, stride, padding, dilation, groups) -> tuple:
+    """:func:`_check_3d`, cached as conv1d's check is (keys tell 1, 1.0 and True apart); not
+    under ``torch.compile``, which traces it once."""
+    args = (input_shape, weight_shape, residual_shape, stride, padding, dilation, groups)
+    if torch.compiler.is_compiling():
+        return _check_3d(*args)
+    key = (input_shape, weight_shape, residual_shape, option_key(stride), option_key(padding),
+           option_key(dilation), option_key(groups))
+    try:
+        return _checked[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable option: validate without caching
+        return _check_3d(*args)
+    options = _check_3d(*args)
+    if len(_checked) >= _MAX_CHECKED:
+        _checked.clear()
+    _checked[key] = options
+    return options
+
+
+def _channels_last_3d_like(shape, strides) -> bool:
+    """torch's ``is_channels_last_strides_3d`` (what ``suggest_memory_format`` reads): strides
+    ordered C < W < H < D < N, ambiguous cases contiguous."""
+    if len(shape) != 5 or strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 4, 3, 2, 0):
+        if shape[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:
+            return False
+        smallest = strides[d] * (shape[d] if shape[d] > 1 else 1)
+    return True
+
+
+def _new_strides(shape, channels_last: bool) -> tuple:
+    """The strides of ``torch.empty(shape)`` (5-D), channels_last_3d or contiguous."""
+    if channels_last:
+        n, c, d, h, w = shape
+        return (d * h * w * c, 1, h * w * c, w * c, c)
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+# --------------------------------------------------------------------------- the 2-D call
+
+def conv3d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None) -> tuple:
+    """The :func:`mcconv.conv2d` arguments that run a :func:`conv3d` call, and how to lay its
+    output back out: ``(input2d, weight2d, bias, stride, padding, dilation, groups, residual2d,
+    layout)`` where ``input2d`` is the depth im2col ``(N * D_out, C * kD, H, W)`` (a copy),
+    ``weight2d`` is ``(K, C/g * kD, kH, kW)``, stride/dilation are the (height, width) pairs,
+    padding is ``(top, bottom, left, right)`` and ``layout`` is ``(N, D_out, unbatched,
+    channels_last_3d)``.
+
+    Validates the call in 3-D terms first (errors name conv3d's arguments as given). Under
+    autocast the tensors are cast to the autocast dtype first, as ``aten::conv3d`` does.
+    """
+    if not isinstance(input, Tensor):
+        raise ConvTypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(weight, Tensor):
+        raise ConvTypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    if residual is not None and not isinstance(residual, Tensor):
+        raise ConvTypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
+    if bias is not None and not isinstance(bias, Tensor):
+        raise ConvTypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+    if input.dim() not in (4, 5):
+        raise ConvArgumentError(f"input: expected a 4-D (C, D, H, W) or 5-D (N, C, D, H, W) tensor, got "
+                                f"{input.dim()}-D with shape {tuple(input.shape)}")
+    if weight.dim() != 5:
+        raise ConvArgumentError(f"weight: expected a 5-D (out_channels, in_channels/groups, kD, kH, kW) tensor, "
+                                f"got {weight.dim()}-D with shape {tuple(weight.shape)}")
+    cast_to = _autograd._autocast_dtype(input.device.type)
+    if cast_to is not None:  # validate (and gather) in the dtype the kernel will run in
+        device_type = input.device.type
+        input = _autograd._autocast_cast(input, device_type, cast_to)
+        weight = _autograd._autocast_cast(weight, device_type, cast_to)
+        bias = None if bias is None else _autograd._autocast_cast(bias, device_type, cast_to)
+        residual = None if residual is None else _autograd._autocast_cast(residual, device_type, cast_to)
+    check_tensor("input", input)
+    check_like("weight", weight, "input", input)
+    stride, pads, dilation, groups, (d_out, _, _) = _options(
+        tuple(input.shape), tuple(weight.shape), None if residual is None else tuple(residual.shape),
+        stride, padding, dilation, groups)
+    k, kd = weight.shape[0], weight.shape[2]
+    if bias is not None:
+        check_like("bias", bias, "input", input)
+        if bias.dim() != 1 or bias.shape[0] != k:
+            raise ConvArgumentError(f"bias: expected a 1-D tensor of {k} elements (out_channels), "
+                                    f"got shape {tuple(bias.shape)}")
+    if residual is not None:
+        check_like("residual", residual, "input", input)
+
+    unbatched = input.dim() == 4
+    x = input.unsqueeze(0) if unbatched else input
+    # torch's rule for the output's format (conv2d's, in 3-D): channels_last_3d when the input (an
+    # unbatched one as torch's unsqueeze(0) lays it out) or the weight suggests channels_last_3d.
+    # (CPU torch 2.13 makes an exception for float32 batches of one, which come out contiguous.)
+    channels_last = (_channels_last_3d_like(tuple(x.shape), x.stride())
+                     or _channels_last_3d_like(tuple(weight.shape), weight.stride()))
+    n, c, _, h, w = x.shape
+    if pads[0] or pads[1]:
+        x = F.pad(x, (0, 0, 0, 0, pads[0], pads[1]))
+    span = dilation[0] * (kd - 1) + 1
+    # (N, C, D_out, H, W, span) -> every dilation-th element of each window: (N, C, D_out, H, W, kD)
+    windows = x.unfold(2, span, stride[0])[..., ::dilation[0]]
+    if channels_last:  # (N, D_out, H, W, C, kD): a channels_last (N * D_out, C * kD, H, W)
+        x2 = windows.permute(0, 2, 3, 4, 1, 5).reshape(n * d_out, h, w, c * kd).permute(0, 3, 1, 2)
+        x2 = x2.contiguous(memory_format=torch.channels_last)
+    else:  # (N, D_out, C, kD, H, W): a contiguous (N * D_out, C * kD, H, W)
+        x2 = windows.permute(0, 2, 1, 5, 3, 4).reshape(n * d_out, c * kd, h, w).contiguous()
+    w2 = weight.reshape(k, weight.shape[1] * kd, *weight.shape[3:])  # channel c * kD + kd, as x2's
+    if not channels_last:
+        w2 = w2.contiguous()  # its strides must not make conv2d's output channels_last
+    r2 = None
+    if residual is not None:  # (N, K, D_out, P, Q) -> (N * D_out, K, P, Q), any strides
+        r = residual.unsqueeze(0) if unbatched else residual
+        r2 = r.transpose(1, 2).reshape(n * d_out, r.shape[1], *r.shape[3:])
+    return (x2, w2, bias, stride[1:], pads[2:], dilation[1:], groups, r2, (n, d_out, unbatched, channels_last))
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+           residual=None):
+    """3-D convolution with the semantics of ``torch.nn.functional.conv3d``, plus a fused residual
+    add and activation, on mcconv's 2-D kernels.
+
+    Args:
+        input: ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)``; float16, bfloat16 or float32;
+            any strides.
+        weight: ``(K, C / groups, kD, kH, kW)``, same dtype and device.
+        bias: optional ``(K,)``.
+        stride, dilation: int, 1-tuple or (depth, height, width) triple, >= 1.
+        padding: int, 1-tuple, (depth, height, width) triple, ``"valid"`` or ``"same"`` (stride
+            1; the extra element of even kernels goes to the back/bottom/right, as in torch).
+        groups: divides both C and K (``groups == C``: depthwise).
+        activation: None or a name in :data:`mcconv.ACTIVATIONS`, applied in the epilogue.
+        residual: optional tensor of exactly the output's shape, any strides, added in fp32 in
+            the epilogue before the activation.
+
+    Returns:
+        ``act(conv3d(input, weight) + bias + residual)``: ``(N, K, D_out, P, Q)`` (``(K, D_out,
+        P, Q)`` unbatched) in the input's dtype, channels_last_3d when the input or the weight
+        suggests channels_last_3d (torch's rule, as for conv2d; CPU torch alone returns float32
+        batches of one contiguous), else contiguous.
+
+    Raises:
+        mcconv.ConvArgumentError / mcconv.ConvTypeError (each also a RuntimeError) for anything
+        ``F.conv3d`` refuses, naming conv3d's argument.
+
+    Not yet a kernel with a depth axis: the call is a depth im2col over the 2-D kernels
+    (:func:`conv3d_views`). The input, padded along depth, is copied into ``(N * D_out, C * kD,
+    H, W)`` -- about ``kD / stride_d`` times the input's memory (``kD`` times for stride 1) --
+    and one :func:`mcconv.conv2d` call with the weight viewed as ``(K, C/g * kD, kH, kW)``
+    computes every output depth; a contiguous output is one more copy (the 2-D output's depth
+    and channel axes are swapped back). Autograd (input, weight, bias, residual),
+    ``torch.compile(fullgraph=True)`` and autocast come from ``conv2d`` and torch's own ops.
+    """
+    _activation(activation)  # validates before the gather copies anything
+    x2, w2, b, stride, padding, dilation, groups, r2, layout = conv3d_views(
+        input, weight, bias, stride, padding, dilation, groups, residual=residual)
+    n, d_out, unbatched, channels_last = layout
+    y2 = _autograd.conv2d(x2, w2, b, stride, padding, dilation, groups, activation, r2)
+    y = y2.reshape(n, d_out, *y2.shape[1:]).transpose(1, 2)  # (N, K, D_out, P, Q)
+    if y.stride() != _new_strides(tuple(y.shape), channels_last):  # torch's strides, size-1 axes included
+        y = y.clone(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    return y.squeeze(0) if unbatched else y
+
+
+def explain3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+              residual=None, device_name=None, direction="forward"):
+    """:func:`mcconv.explain` for a :func:`conv3d` call: the kernel and tiles of the 2-D call that
+    runs it (shapes in the record are the depth im2col's, ``(N * D_out, K, P, Q)``). Tensors may
+    be on the ``meta`` device."""
+    from ._explain import explain
+
+    _activation(activation)
+    x2, w2, b, stride, padding, dilation, groups, r2, _ = conv3d_views(
+        input, weight, bias, stride, padding, dilation, groups, residual=residual)
+    return explain(x2, w2, b, stride, padding, dilation, groups, activation=activation, residual=r2,
+                   device_name=device_name, direction=direction)
