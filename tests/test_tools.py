@@ -143,7 +143,14 @@ def test_suite_sizes():
     speech = suites.get_suite("speech1d")
     assert len(speech) == 19 and all(c.h == c.kh == 1 for c in speech)  # 1-D: the unit-height view
     assert [c.output_hw[1] for c in speech[:7]] == [3199, 1599, 799, 399, 199, 99, 49]  # wav2vec 2.0's lengths
-    for layer in resnet + mbv2 + deep + speech:  # every layer is valid and mcconv derives its shape alike
+    video = suites.get_suite("video3d")
+    assert len(video) == 8 and video[0].input_shape == (4 * 16, 9, 112, 112)  # 4 clips x 16 depths, 3 x kD channels
+    for layer in video:  # the 2-D problem is conv3d's: same FLOPs as the 3-D convolution
+        n, d = 4, layer.n // 4
+        x3 = torch.empty(n, layer.c // 3, d, layer.h, layer.w, device="meta", dtype=torch.float16)
+        w3 = torch.empty(layer.k, layer.c // 3, 3, 3, 3, device="meta", dtype=torch.float16)
+        assert mcconv.explain3d(x3, w3, None, 1, 1).output_shape == layer.output_shape
+    for layer in resnet + mbv2 + deep + speech + video:  # every layer is valid and mcconv derives its shape alike
         x, w, _ = layer_tensors(layer, "float16", "channels_last")
         dispatch = mcconv.explain(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         assert dispatch.output_shape == layer.output_shape

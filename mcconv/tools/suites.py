@@ -205,8 +205,31 @@ def speech1d(batch: int = 8) -> list[Conv]:
     return layers
 
 
+def conv3d_layer(name, n, c, d, h, k, size, padding=1, count=1) -> Conv:
+    """A 3-D convolution (cubic kernel ``size``, stride 1, ``padding`` on every axis) as mcconv
+    runs it (mcconv.conv3d): the 2-D kernels on the depth im2col, a batch of N * D_out images
+    of C * kD channels (so ``n`` of the result counts images, not clips)."""
+    d_out = d + 2 * padding - size + 1
+    return Conv(name, n * d_out, c * size, h, h, k, size, size, (1, 1), (padding, padding), count=count)
+
+
+# C3D (Tran et al., "Learning Spatiotemporal Features with 3D Convolutional Networks", ICCV 2015,
+# Fig. 3): 16-frame 112x112 clips, every convolution 3x3x3, stride 1, padding 1; pool1 halves H
+# and W, pools 2-4 halve D, H and W. (name, C, D, H, K) of its eight convolutions.
+_C3D = (("conv1a", 3, 16, 112, 64), ("conv2a", 64, 16, 56, 128), ("conv3a", 128, 8, 28, 256),
+        ("conv3b", 256, 8, 28, 256), ("conv4a", 256, 4, 14, 512), ("conv4b", 512, 4, 14, 512),
+        ("conv5a", 512, 2, 7, 512), ("conv5b", 512, 2, 7, 512))
+
+
+def video3d(batch: int = 4) -> list[Conv]:
+    """C3D's eight 3x3x3 convolutions on ``batch`` clips, each as the 2-D problem mcconv.conv3d
+    runs (the depth im2col: kD = 3 times the input's channels, N * D images). Benchmarks of
+    these time the 2-D kernel only, not conv3d's gather copy before it."""
+    return [conv3d_layer(f"c3d.{name}", batch, c, d, h, k, 3) for name, c, d, h, k in _C3D]
+
+
 SUITES = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "deepbench": deepbench, "seed": seed,
-          "speech1d": speech1d}
+          "speech1d": speech1d, "video3d": video3d}
 
 
 def get_suite(name: str, batch: int | None = None) -> list[Conv]:
