@@ -29,6 +29,24 @@ class ConvTypeError(TypeError, RuntimeError):
     """A wrong type, dtype or device. A TypeError, and a RuntimeError as torch raises for dtypes."""
 
 
+def check_groups(c: int, weight_shape: tuple, groups) -> int:
+    """``groups`` checked against the input's ``c`` channels and the weight ``(K, C/groups, ...)``
+    (any number of kernel axes: conv1d, conv2d and conv3d share it); returns it as an int."""
+    k, c_per_group = weight_shape[:2]
+    groups = _positive_int("groups", groups)
+    if k < 1:
+        raise ConvArgumentError(f"weight: expected at least one output channel (dimension 0), "
+                                f"got shape {weight_shape}")
+    if c % groups:
+        raise ConvArgumentError(f"groups: expected a divisor of in_channels={c}, got {groups}")
+    if k % groups:
+        raise ConvArgumentError(f"groups: expected a divisor of out_channels={k} (weight.shape[0]), got {groups}")
+    if c_per_group * groups != c:
+        raise ConvArgumentError(f"weight: expected shape[1] == in_channels / groups = {c} / {groups}, "
+                                f"got weight of shape {weight_shape} for an input of {c} channels")
+    return groups
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """A 2-D convolution after normalisation: 4-D NCHW logical sizes and every option.
@@ -126,17 +144,7 @@ class ConvSpec:
         unbatched = len(input_shape) == 3
         n, c, h, w = (1, *input_shape) if unbatched else input_shape
         k, c_per_group, kh, kw = weight_shape
-        groups = _positive_int("groups", groups)
-        if k < 1:
-            raise ConvArgumentError(f"weight: expected at least one output channel (dimension 0), "
-                                    f"got shape {weight_shape}")
-        if c % groups:
-            raise ConvArgumentError(f"groups: expected a divisor of in_channels={c}, got {groups}")
-        if k % groups:
-            raise ConvArgumentError(f"groups: expected a divisor of out_channels={k} (weight.shape[0]), got {groups}")
-        if c_per_group * groups != c:
-            raise ConvArgumentError(f"weight: expected shape[1] == in_channels / groups = {c} / {groups}, "
-                                    f"got weight of shape {weight_shape} for an input of {c} channels")
+        groups = check_groups(c, weight_shape, groups)
         if min(kh, kw) < 1:
             raise ConvArgumentError(f"weight: expected a kernel of at least 1x1, got {kh}x{kw}")
         if min(h, w) < 1 and n > 0 and c > 0:  # torch's rule: an empty image only in an empty batch

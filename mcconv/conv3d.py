@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import _autograd
 from ._plan import option_key
-from ._spec import ConvArgumentError, ConvTypeError, _is_int, _positive_int, check_like, check_tensor
+from ._spec import ConvArgumentError, ConvTypeError, _is_int, check_groups, check_like, check_tensor
 from .epilogue import activation as _activation
 
 
@@ -75,17 +75,7 @@ def _check_3d(input_shape, weight_shape, residual_shape, stride, padding, dilati
     unbatched = len(input_shape) == 4
     n, c, d, h, w = (1, *input_shape) if unbatched else input_shape
     k, c_per_group, kd, kh, kw = weight_shape
-    groups = _positive_int("groups", groups)
-    if k < 1:
-        raise ConvArgumentError(f"weight: expected at least one output channel (dimension 0), "
-                                f"got shape {weight_shape}")
-    if c % groups:
-        raise ConvArgumentError(f"groups: expected a divisor of in_channels={c}, got {groups}")
-    if k % groups:
-        raise ConvArgumentError(f"groups: expected a divisor of out_channels={k} (weight.shape[0]), got {groups}")
-    if c_per_group * groups != c:
-        raise ConvArgumentError(f"weight: expected shape[1] == in_channels / groups = {c} / {groups}, "
-                                f"got weight of shape {weight_shape} for an input of {c} channels")
+    groups = check_groups(c, weight_shape, groups)
     if min(kd, kh, kw) < 1:
         raise ConvArgumentError(f"weight: expected a kernel of at least 1x1x1, got {kd}x{kh}x{kw} "
                                 f"(shape {weight_shape})")

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from . import _autograd
 from ._plan import option_key
-from ._spec import ConvArgumentError, ConvTypeError, _is_int, _positive_int
+from ._spec import ConvArgumentError, ConvTypeError, _is_int, check_groups
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
@@ -97,17 +97,7 @@ def _check_1d(input_shape, weight_shape, residual_shape, stride, padding, dilati
     unbatched = len(input_shape) == 2
     n, c, length = (1, *input_shape) if unbatched else input_shape
     k, c_per_group, kw = weight_shape
-    groups = _positive_int("groups", groups)
-    if k < 1:
-        raise ConvArgumentError(f"weight: expected at least one output channel (dimension 0), "
-                                f"got shape {weight_shape}")
-    if c % groups:
-        raise ConvArgumentError(f"groups: expected a divisor of in_channels={c}, got {groups}")
-    if k % groups:
-        raise ConvArgumentError(f"groups: expected a divisor of out_channels={k} (weight.shape[0]), got {groups}")
-    if c_per_group * groups != c:
-        raise ConvArgumentError(f"weight: expected shape[1] == in_channels / groups = {c} / {groups}, "
-                                f"got weight of shape {weight_shape} for an input of {c} channels")
+    groups = check_groups(c, weight_shape, groups)
     if kw < 1:
         raise ConvArgumentError(f"weight: expected a kernel of at least 1 tap, got kW={kw} (shape {weight_shape})")
     if length < 1 and n > 0 and c > 0:  # torch's rule: an empty signal only in an empty batch
