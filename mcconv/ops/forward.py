@@ -239,6 +239,13 @@ class Depthwise(Kernel):
     # -- host rules shared with DepthwiseDgrad and DepthwiseWgrad (their output grid in place of P x Q)
 
     @staticmethod
+    def geometry(spec, cols: int) -> dict:
+        """The constexprs every depthwise kernel takes for its window walk: kernel size, stride,
+        dilation, output columns per lane and channel multiplier."""
+        return {"KH": spec.kh, "KW": spec.kw, "STRIDE_H": spec.stride[0], "STRIDE_W": spec.stride[1],
+                "DIL_H": spec.dilation[0], "DIL_W": spec.dilation[1], "COLS": cols, "CHANNEL_MULT": spec.k // spec.c}
+
+    @staticmethod
     def pow2_dividing(*values, cap: int = 16) -> int:
         """The largest power of two <= cap dividing every value (zeros ignored): an alignment fact."""
         return _pow2_dividing(*values, cap=cap)
@@ -324,9 +331,7 @@ class Depthwise(Kernel):
         x, w, y, r = strides["x"], strides["w"], strides["y"], strides["r"]
         cols, band, _ = self._walk(spec)
         out = (spec.n, spec.k, spec.p, spec.q)
-        meta = {"KH": spec.kh, "KW": spec.kw, "STRIDE_H": spec.stride[0], "STRIDE_W": spec.stride[1],
-                "DIL_H": spec.dilation[0], "DIL_W": spec.dilation[1], "COLS": cols,
-                "CHANNEL_MULT": spec.k // spec.c, "ROW_LOOP": spec.taps > self.MAX_REGISTER_TAPS,
+        meta = {**self.geometry(spec, cols), "ROW_LOOP": spec.taps > self.MAX_REGISTER_TAPS,
                 "CHANNELS_LAST": x[1] == 1, "W_CONTIG": self.weight_contiguous(spec, w),
                 "K_ALIGN": self.pow2_dividing(spec.k, cap=1024),
                 "X_ALIGN": self.pixel_align((spec.n, spec.c, spec.h, spec.w), x),

@@ -156,9 +156,7 @@ class DepthwiseDgrad(Kernel):
     def arguments(self, spec, strides, split=1):
         rules, walk = self._rules(), self._walk(spec)
         dy, w, dx = strides["dy"], strides["w"], strides["dx"]
-        meta = {"KH": spec.kh, "KW": spec.kw, "STRIDE_H": spec.stride[0], "STRIDE_W": spec.stride[1],
-                "DIL_H": spec.dilation[0], "DIL_W": spec.dilation[1], "COLS": walk["cols"],
-                "CHANNEL_MULT": spec.k // spec.c, "ROW_LOOP": walk["row_loop"], "CHANNELS_LAST": dy[1] == 1,
+        meta = {**rules.geometry(spec, walk["cols"]), "ROW_LOOP": walk["row_loop"], "CHANNELS_LAST": dy[1] == 1,
                 "C_ALIGN": rules.pow2_dividing(spec.c, cap=1024),
                 "DY_ALIGN": rules.pixel_align((spec.n, spec.k, spec.p, spec.q), dy),
                 "DX_ALIGN": rules.pixel_align((spec.n, spec.c, spec.h, spec.w), dx)}

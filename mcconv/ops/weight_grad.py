@@ -102,9 +102,7 @@ class DepthwiseWgrad(Kernel):
     def arguments(self, spec, strides, split=1):
         rules, walk = self._rules(), self._walk(spec)
         dy, x, dw = strides["dy"], strides["x"], strides["dw"]
-        meta = {"KH": spec.kh, "KW": spec.kw, "STRIDE_H": spec.stride[0], "STRIDE_W": spec.stride[1],
-                "DIL_H": spec.dilation[0], "DIL_W": spec.dilation[1], "COLS": walk["cols"],
-                "CHANNEL_MULT": spec.k // spec.c, "TAP_ROWS": walk["tap_rows"], "CHANNELS_LAST": x[1] == 1,
+        meta = {**rules.geometry(spec, walk["cols"]), "TAP_ROWS": walk["tap_rows"], "CHANNELS_LAST": x[1] == 1,
                 "K_ALIGN": rules.pow2_dividing(spec.k, cap=1024),
                 "DY_ALIGN": rules.pixel_align((spec.n, spec.k, spec.p, spec.q), dy),
                 "X_ALIGN": rules.pixel_align((spec.n, spec.c, spec.h, spec.w), x)}
