@@ -8,6 +8,22 @@ from mcconv import ACTIVATIONS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
+
+# The head of every compile-for-sm_90 subprocess script in the tests (run without the interpreter):
+# exit COMPILE_SKIP (77) with a "SKIP: reason" line when this triton cannot compile for NVIDIA GPUs.
+COMPILE_SKIP = 77
+COMPILE_PREAMBLE = """import json, sys, warnings
+warnings.filterwarnings("ignore")
+try:
+    from triton.backends import backends
+    assert "nvidia" in backends, "this triton has no NVIDIA backend"
+    from mcconv.tools.compile import tool_path
+    for tool in ("ptxas", "cuobjdump", "nvdisasm"):
+        tool_path(tool)
+except Exception as err:
+    print(f"SKIP: {type(err).__name__}: {err}")
+    sys.exit(77)
+"""
 # On the CPU the suite runs through Triton's interpreter, whose bf16 tl.dot mcconv avoids.
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
 

@@ -19,7 +19,7 @@ import torch
 import mcconv
 from mcconv import _backend, _plan
 from mcconv.ops import forward
-from reference import DEVICE, assert_conv_close, reference_conv2d
+from reference import COMPILE_PREAMBLE, COMPILE_SKIP, DEVICE, assert_conv_close, reference_conv2d
 
 HALF = [pytest.param(torch.float16, id="float16"), pytest.param(torch.bfloat16, id="bfloat16")]
 
@@ -280,18 +280,7 @@ NATIVE_CASES = [
     ("nchw runs fp16", "l1.0.conv2", "float16", "contiguous", "hardswish", ["conv_direct"]),
 ]
 
-NATIVE_SCRIPT = """
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-try:
-    from triton.backends import backends
-    assert "nvidia" in backends
-    from mcconv.tools.compile import tool_path
-    for tool in ("ptxas", "cuobjdump", "nvdisasm"):
-        tool_path(tool)
-except Exception as err:
-    print(f"SKIP: {type(err).__name__}: {err}")
-    sys.exit(77)
+NATIVE_SCRIPT = COMPILE_PREAMBLE + """
 from mcconv.tools import inspect as I
 from mcconv.tools.suites import get_suite
 layers = {l.name: l for l in get_suite("resnet50")}
@@ -320,7 +309,7 @@ def native(tmp_path_factory):
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("native") / "triton-cache")
     proc = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT, json.dumps(NATIVE_CASES)], env=env,
                           capture_output=True, text=True, timeout=900)
-    if proc.returncode == 77:
+    if proc.returncode == COMPILE_SKIP:
         pytest.skip(proc.stdout.strip().removeprefix("SKIP: "))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("NATIVE-JSON "))

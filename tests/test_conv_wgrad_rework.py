@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import mcconv
 from mcconv import _plan, ops
 from mcconv.ops import weight_grad
-from reference import DEVICE, assert_conv_close
+from reference import COMPILE_PREAMBLE, COMPILE_SKIP, DEVICE, assert_conv_close
 
 WGRAD = weight_grad.ConvWgrad
 H100 = {"device_name": "NVIDIA_H100_80GB_HBM3", "sm_count": 132}
@@ -287,18 +287,7 @@ def test_loop_trips_of_the_walk():
 
 # ------------------------------------------------------------------------------- compiled for sm_90
 
-SCRIPT = textwrap.dedent("""
-    import json, sys, warnings
-    warnings.filterwarnings("ignore")
-    try:
-        from triton.backends import backends
-        assert "nvidia" in backends
-        from mcconv.tools.compile import tool_path
-        for tool in ("ptxas", "cuobjdump", "nvdisasm"):
-            tool_path(tool)
-    except Exception as err:
-        print(f"SKIP: {type(err).__name__}: {err}")
-        sys.exit(77)
+SCRIPT = COMPILE_PREAMBLE + textwrap.dedent("""
     from mcconv.tools import inspect as I
     from mcconv.tools.suites import conv
     out = {}
@@ -318,7 +307,7 @@ def compiled(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("wgrad") / "triton-cache")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode == 77:
+    if proc.returncode == COMPILE_SKIP:
         pytest.skip(proc.stdout.strip().removeprefix("SKIP: "))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("WGRAD-JSON "))

@@ -22,9 +22,8 @@ import mcconv
 from mcconv import _plan, ops
 from mcconv.ops import forward, input_grad, weight_grad
 from mcconv.ops.forward import Depthwise
-from reference import DEVICE, assert_conv_close, reference_conv2d
+from reference import COMPILE_PREAMBLE, COMPILE_SKIP, DEVICE, assert_conv_close, reference_conv2d
 
-SKIP_STATUS = 77
 
 
 @pytest.fixture
@@ -244,18 +243,7 @@ def test_plans_declare_their_loops():
 
 # ------------------------------------------------------------------------------- compiled for sm_90
 
-SCRIPT = textwrap.dedent("""
-    import json, sys, warnings
-    warnings.filterwarnings("ignore")
-    try:
-        from triton.backends import backends
-        assert "nvidia" in backends
-        from mcconv.tools.compile import tool_path
-        for tool in ("ptxas", "cuobjdump", "nvdisasm"):
-            tool_path(tool)
-    except Exception as err:
-        print(f"SKIP: {type(err).__name__}: {err}")
-        sys.exit(77)
+SCRIPT = COMPILE_PREAMBLE + textwrap.dedent("""
     from mcconv.tools import inspect as I
     from mcconv.tools.suites import conv
     out = []
@@ -287,7 +275,7 @@ def test_static_figures_for_sm90(tmp_path):
              ("dw144_56_nchw", 144, 56, 1, "contiguous")]
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True, text=True,
                           timeout=900)
-    if proc.returncode == SKIP_STATUS:
+    if proc.returncode == COMPILE_SKIP:
         pytest.skip(proc.stdout.strip().removeprefix("SKIP: "))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("DW-JSON ")).removeprefix("DW-JSON "))

@@ -25,7 +25,7 @@ import torch
 import mcconv
 from mcconv import _plan
 from mcconv.ops import forward, input_grad
-from reference import assert_conv_close, reference_conv2d
+from reference import COMPILE_PREAMBLE, COMPILE_SKIP, assert_conv_close, reference_conv2d
 
 H100 = dict(device_name="NVIDIA_H100_80GB_HBM3", sm_count=132)
 
@@ -416,18 +416,7 @@ def test_input_gradient_split_sums_into_dx(layout, monkeypatch):
 
 # ------------------------------------------------------------------------------- compiled (sm_90)
 
-SCRIPT = textwrap.dedent("""
-    import json, sys, warnings
-    warnings.filterwarnings("ignore")
-    try:
-        from triton.backends import backends
-        assert "nvidia" in backends, "this triton has no NVIDIA backend"
-        from mcconv.tools.compile import tool_path
-        for tool in ("ptxas", "cuobjdump", "nvdisasm"):
-            tool_path(tool)
-    except Exception as err:
-        print(f"SKIP: {type(err).__name__}: {err}")
-        sys.exit(77)
+SCRIPT = COMPILE_PREAMBLE + textwrap.dedent("""
     import torch, mcconv
     from mcconv import _plan
     from mcconv.ops import forward, input_grad
@@ -487,7 +476,7 @@ def compiled(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp / "triton-cache")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode == 77:
+    if proc.returncode == COMPILE_SKIP:
         pytest.skip(proc.stdout.strip().removeprefix("SKIP: "))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("GEMM-JSON "))

@@ -25,8 +25,8 @@ import mcconv
 from mcconv.tools import gpus
 from mcconv.tools import inspect as inspect_tool
 from mcconv.tools.suites import conv
+from reference import COMPILE_PREAMBLE, COMPILE_SKIP
 
-SKIP_STATUS = 77
 
 # (label, layer, dtype, direction, gpu): the representative calls, all channels_last with a bias.
 CASES = [
@@ -43,18 +43,8 @@ CASES = [
 
 # The subprocess: every case through mcconv.tools.inspect, the reference GEMM, then the command
 # lines (inspect with --json/--markdown/--save/--details, plan --inspect) against the same cache.
-SCRIPT = textwrap.dedent("""
-    import contextlib, io, json, os, sys, warnings
-    warnings.filterwarnings("ignore")
-    try:
-        from triton.backends import backends
-        assert "nvidia" in backends, "this triton has no NVIDIA backend"
-        from mcconv.tools.compile import tool_path
-        for tool in ("ptxas", "cuobjdump", "nvdisasm"):
-            tool_path(tool)
-    except Exception as err:
-        print(f"SKIP: {type(err).__name__}: {err}")
-        sys.exit(77)
+SCRIPT = COMPILE_PREAMBLE + textwrap.dedent("""
+    import contextlib, io, os
     from mcconv.tools import inspect as I
     from mcconv.tools.cli import main
     from mcconv.tools.suites import Conv
@@ -106,7 +96,7 @@ def compiled(tmp_path_factory):
              for label, layer, dtype, direction, gpu, act in CASES]
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases), str(tmp)], env=env, capture_output=True,
                           text=True, timeout=900)
-    if proc.returncode == SKIP_STATUS:
+    if proc.returncode == COMPILE_SKIP:
         pytest.skip(proc.stdout.strip().removeprefix("SKIP: "))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("INSPECT-JSON "))
