@@ -29,6 +29,9 @@ The tap loop (FOLD_CP = 0): iteration = (tap, channel block of BLOCK_K).
   W_ALIGN (elements dividing every offset of the operand) and C_ALIGN (a power of two dividing
   C/g: a channel mask that never cuts a block is compiled out).
 
+kernels/conv3d_fwd.py runs this tap loop with a depth axis (DEPTH): one more level of taps,
+one more step of the scalar offsets, the depth padding in the same bit set.
+
 The fold (FOLD_CP > 0, few input channels per group, e.g. the RGB stem): taps and channels
 share one reduction axis. The host makes, per call, a zero-padded channels_last copy of the
 input (the convolution's padding applied, CP channels per group, CP a power of two so that a
@@ -69,28 +72,39 @@ def _int64(value):
 
 
 @triton.jit
-def _tap_bits(ih0, iw0, H, W, dil_h, dil_w, mask_m, KH: tl.constexpr, KW: tl.constexpr, TAP_BITS: tl.constexpr):
-    """Per row: bit kh * KW + kw set when tap (kh, kw) reads inside the image (and the row exists)."""
+def _tap_bits(id0, ih0, iw0, D, H, W, dil_d, dil_h, dil_w, mask_m,
+              KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DEPTH: tl.constexpr, TAP_BITS: tl.constexpr):
+    """Per row: bit (kd * KH + kh) * KW + kw set when tap (kd, kh, kw) reads inside the input (and
+    the row exists). Without DEPTH (2-D) id0, D and dil_d are unused and KD is 1."""
     if TAP_BITS == 64:
         bits = tl.zeros(ih0.shape, dtype=tl.int64)
     else:
         bits = tl.zeros(ih0.shape, dtype=tl.int32)
-    for kh in tl.static_range(KH):
-        ih = ih0 + kh * dil_h
-        h_ok = mask_m & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KW):
-            iw = iw0 + kw * dil_w
-            ok = h_ok & (iw >= 0) & (iw < W)
-            bits = bits | tl.where(ok, tl.full(ih0.shape, 1, bits.dtype) << (kh * KW + kw), 0)
+    for kd in tl.static_range(KD):
+        if DEPTH:
+            idd = id0 + kd * dil_d
+            d_ok = mask_m & (idd >= 0) & (idd < D)
+        else:
+            d_ok = mask_m
+        for kh in tl.static_range(KH):
+            ih = ih0 + kh * dil_h
+            h_ok = d_ok & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(KW):
+                iw = iw0 + kw * dil_w
+                ok = h_ok & (iw >= 0) & (iw < W)
+                bits = bits | tl.where(ok, tl.full(ih0.shape, 1, bits.dtype) << ((kd * KH + kh) * KW + kw), 0)
     return bits
 
 
 @triton.jit
-def _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, ih0, iw0, mask_m, start, end, C, H, W, dil_h, dil_w,
-              sxh, sxw, stride_xc, swh, sww, stride_wc,
-              KH: tl.constexpr, KW: tl.constexpr, TAP_BITS: tl.constexpr, C_ALIGN: tl.constexpr,
-              INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += the reduction's iterations [start, end), iteration = tap * c_blocks + channel block."""
+def _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, id0, ih0, iw0, mask_m, start, end, C, D, H, W, dil_d, dil_h, dil_w,
+              sxd, sxh, sxw, stride_xc, swd, swh, sww, stride_wc,
+              KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DEPTH: tl.constexpr, TAP_BITS: tl.constexpr,
+              C_ALIGN: tl.constexpr, INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += the reduction's iterations [start, end), iteration = tap * c_blocks + channel block,
+    tap = (kd * KH + kh) * KW + kw. DEPTH (kernels/conv3d_fwd.py) adds the depth axis: kernel
+    slabs kd of KH rows, the input's depth id0 + kd * dil_d checked like its rows; the 2-D
+    kernel passes KD = 1, DEPTH = False and zeros for the depth scalars (compiled out)."""
     offs_c = tl.arange(0, BLOCK_K)
     if INDEX_64:  # the scalar offsets below too: a tap's offset may pass 2**31 on its own
         offs_c = offs_c.to(tl.int64)
@@ -98,25 +112,36 @@ def _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, ih0, iw0, mask_m, start, end, C
         sxw = _int64(sxw)
         swh = _int64(swh)
         sww = _int64(sww)
+        if DEPTH:
+            sxd = _int64(sxd)
+            swd = _int64(swd)
     a_ptrs = x_ptr + (x_rows[:, None] + offs_c[None, :] * stride_xc)
     b_ptrs = w_ptr + (w_cols[None, :] + offs_c[:, None] * stride_wc)
     if TAP_BITS != 0:
-        bits = _tap_bits(ih0, iw0, H, W, dil_h, dil_w, mask_m, KH, KW, TAP_BITS)
+        bits = _tap_bits(id0, ih0, iw0, D, H, W, dil_d, dil_h, dil_w, mask_m, KD, KH, KW, DEPTH, TAP_BITS)
     c_blocks = tl.cdiv(C, BLOCK_K)
     tap = start // c_blocks
-    kh = tap // KW
-    kw = tap - kh * KW
+    kd = tap // (KH * KW)
+    kh = (tap - kd * (KH * KW)) // KW
+    kw = tap - (kd * KH + kh) * KW
     cb = start - tap * c_blocks  # channel block within the tap
     # Scalar address offsets of the current (tap, channel block), and their steps: to the next
-    # channel block, to the next tap of a kernel row, from a row's last tap to the next row's first.
+    # channel block, to the next tap of a kernel row, from a row's last tap to the next row's
+    # first, and (DEPTH) from a slab's last tap to the next slab's first.
     x_off = kh * dil_h * sxh + kw * dil_w * sxw + cb * BLOCK_K * stride_xc
     w_off = kh * swh + kw * sww + cb * BLOCK_K * stride_wc
+    if DEPTH:
+        x_off += kd * dil_d * sxd
+        w_off += kd * swd
     x_back = (c_blocks - 1) * BLOCK_K * stride_xc
     w_back = (c_blocks - 1) * BLOCK_K * stride_wc
     x_next_w = dil_w * sxw - x_back
     x_next_h = dil_h * sxh - (KW - 1) * dil_w * sxw - x_back
     w_next_w = sww - w_back
     w_next_h = swh - (KW - 1) * sww - w_back
+    if DEPTH:
+        x_next_d = dil_d * sxd - (KH - 1) * dil_h * sxh - (KW - 1) * dil_w * sxw - x_back
+        w_next_d = swd - (KH - 1) * swh - (KW - 1) * sww - w_back
     if TAP_BITS == 64:
         tap_bit = tl.full((), 1, tl.int64) << tap
     else:
@@ -128,6 +153,9 @@ def _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, ih0, iw0, mask_m, start, end, C
             ih = ih0 + kh * dil_h
             iw = iw0 + kw * dil_w
             row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            if DEPTH:
+                idd = id0 + kd * dil_d
+                row_ok = row_ok & (idd >= 0) & (idd < D)
         if C_ALIGN % BLOCK_K == 0:  # every channel block is whole: no channel mask
             a = tl.load(a_ptrs + x_off, mask=row_ok[:, None], other=0.0)
             b = tl.load(b_ptrs + w_off)
@@ -136,18 +164,28 @@ def _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, ih0, iw0, mask_m, start, end, C
             a = tl.load(a_ptrs + x_off, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(b_ptrs + w_off, mask=c_ok[:, None], other=0.0)
         acc = dot_acc(a, b, acc, DOT_PRECISION)
-        # Advance (cb, kw, kh) and the offsets: scalar selects only.
+        # Advance (cb, kw, kh, kd) and the offsets: scalar selects only.
         cb += 1
         next_tap = cb == c_blocks
         row_end = kw == KW - 1
         cb = tl.where(next_tap, 0, cb)
         if TAP_BITS != 0:
             tap_bit = tl.where(next_tap, tap_bit << 1, tap_bit)
-        else:
-            kh = tl.where(next_tap & row_end, kh + 1, kh)
         kw = tl.where(next_tap, tl.where(row_end, 0, kw + 1), kw)
-        x_off += tl.where(next_tap, tl.where(row_end, x_next_h, x_next_w), BLOCK_K * stride_xc)
-        w_off += tl.where(next_tap, tl.where(row_end, w_next_h, w_next_w), BLOCK_K * stride_wc)
+        if DEPTH:
+            slab_end = row_end & (kh == KH - 1)
+            if TAP_BITS == 0:
+                kd = tl.where(next_tap & slab_end, kd + 1, kd)
+            kh = tl.where(next_tap & row_end, tl.where(slab_end, 0, kh + 1), kh)
+            x_off += tl.where(next_tap, tl.where(row_end, tl.where(slab_end, x_next_d, x_next_h), x_next_w),
+                              BLOCK_K * stride_xc)
+            w_off += tl.where(next_tap, tl.where(row_end, tl.where(slab_end, w_next_d, w_next_h), w_next_w),
+                              BLOCK_K * stride_wc)
+        else:
+            if TAP_BITS == 0:
+                kh = tl.where(next_tap & row_end, kh + 1, kh)
+            x_off += tl.where(next_tap, tl.where(row_end, x_next_h, x_next_w), BLOCK_K * stride_xc)
+            w_off += tl.where(next_tap, tl.where(row_end, w_next_h, w_next_w), BLOCK_K * stride_wc)
     return acc
 
 
@@ -256,9 +294,9 @@ def conv2d_fwd_kernel(
         else:
             start = 0
             end = total
-        acc = _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, ih0, iw0, mask_m, start, end, C, H, W, dil_h, dil_w,
-                        sxh, sxw, stride_xc, swh, sww, stride_wc,
-                        KH, KW, TAP_BITS, C_ALIGN, INDEX_64, DOT_PRECISION, BLOCK_K)
+        acc = _tap_loop(acc, x_ptr, w_ptr, x_rows, w_cols, 0, ih0, iw0, mask_m, start, end, C, 1, H, W,
+                        0, dil_h, dil_w, 0, sxh, sxw, stride_xc, 0, swh, sww, stride_wc,
+                        1, KH, KW, False, TAP_BITS, C_ALIGN, INDEX_64, DOT_PRECISION, BLOCK_K)
 
     if SPLIT > 1:  # the fp32 partial tile; conv2d_split_epilogue_kernel finishes
         out_col = group * K_PER_GROUP + offs_n

@@ -5,7 +5,7 @@ loaded on the first call, so ``TRITON_INTERPRET=1`` may be set until then (if no
 imported triton) to run them on the CPU.
 
 Public surface: :func:`conv2d`, :class:`Conv2d`, :func:`conv1d`, :class:`Conv1d` (on the 2-D kernels),
-:func:`conv3d`, :class:`Conv3d` (a depth im2col over the 2-D kernels),
+:func:`conv3d`, :class:`Conv3d` (a depth-axis kernel, or a depth im2col over the 2-D kernels),
 :func:`conv_transpose2d`, :class:`ConvTranspose2d`, :func:`conv_transpose1d`, :class:`ConvTranspose1d`
 (on the input-gradient kernels),
 :func:`convert`, :func:`conversion_report`, :func:`fold_batchnorm`,

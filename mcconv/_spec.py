@@ -165,6 +165,66 @@ class ConvSpec:
         return cls(n, c, h, w, k, kh, kw, groups, stride, padding, dilation, p, q, unbatched=unbatched, **options)
 
 
+@dataclass(frozen=True)
+class Conv3dSpec:
+    """A 3-D convolution after :mod:`mcconv.conv3d`'s validation: 5-D NCDHW logical sizes and every
+    option (what the depth-axis kernel's plan starts from; unbatched calls as a batch of one).
+    ``stride`` and ``dilation`` are (depth, height, width), ``padding`` (front, back, top, bottom,
+    left, right); ``od``, ``p``, ``q`` are the output's depth, height and width."""
+
+    n: int
+    c: int
+    d: int
+    h: int
+    w: int
+    k: int
+    kd: int
+    kh: int
+    kw: int
+    groups: int
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    od: int
+    p: int
+    q: int
+    dtype: torch.dtype | None = None
+    unbatched: bool = False
+    has_bias: bool = False
+    has_residual: bool = False
+    activation: Activation | None = None
+    channels_last: bool = False  # channels_last_3d output (torch's rule, as for 2-D)
+    tf32: bool = False
+
+    c_per_group = ConvSpec.c_per_group
+    k_per_group = ConvSpec.k_per_group
+    dot_precision = ConvSpec.dot_precision
+    dtype_key = ConvSpec.dtype_key
+
+    @property
+    def taps(self) -> int:
+        return self.kd * self.kh * self.kw
+
+    @property
+    def pixels(self) -> int:
+        """Output voxels, N * OD * P * Q: the implicit GEMM's rows."""
+        return self.n * self.od * self.p * self.q
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.k, self.c_per_group, self.kd, self.kh, self.kw)
+
+    @property
+    def output_shape(self) -> tuple:
+        """The output's shape as the caller gets it (4-D when unbatched)."""
+        shape = (self.k if self.c else 0, self.od, self.p, self.q)
+        return shape if self.unbatched else (self.n, *shape)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.pixels * (self.k if self.c else 0) * self.c_per_group * self.taps
+
+
 # ---------------------------------------------------------------------------------- options
 
 def _is_int(value) -> bool:

@@ -1,6 +1,7 @@
-"""conv3d on the 2-D kernels: a depth im2col, then :func:`mcconv.conv2d`.
+"""conv3d: the depth-axis kernel (kernels/conv3d_fwd.py, mcconv/ops/forward3d.py) for layers of
+16 or more input channels per group, else a depth im2col onto the 2-D kernels.
 
-A first version without a kernel that has a depth axis: the input, padded along depth, is
+The depth im2col (also the depth kernel's gradient): the input, padded along depth, is
 gathered into ``(N * D_out, C * kD, H, W)`` -- for each output depth ``d_o`` the ``kD`` input
 depth slices it reads, channel index ``c * kD + kd`` -- and the weight ``(K, C/g, kD, kH, kW)``
 is viewed as ``(K, C/g * kD, kH, kW)`` with the same channel order (group g's channels stay
@@ -12,15 +13,17 @@ Arguments are validated here, in 3-D terms, before anything is copied, so that e
 the caller gave; what conv2d checks afterwards it words without shapes.
 """
 import operator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _autograd
-from ._plan import option_key
-from ._spec import ConvArgumentError, ConvTypeError, _is_int, check_groups, check_like, check_tensor
+from . import _autograd, _backend
+from ._plan import follows_channels_last, option_key
+from ._spec import Conv3dSpec, ConvArgumentError, ConvTypeError, _is_int, check_groups, check_like, check_tensor
 from .epilogue import activation as _activation
+from .ops import forward3d
 
 
 # --------------------------------------------------------------------------- argument normalisation
@@ -154,19 +157,12 @@ def _new_strides(shape, channels_last: bool) -> tuple:
     return tuple(reversed(strides))
 
 
-# --------------------------------------------------------------------------- the 2-D call
+# --------------------------------------------------------------------------- validation, once
 
-def conv3d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None) -> tuple:
-    """The :func:`mcconv.conv2d` arguments that run a :func:`conv3d` call, and how to lay its
-    output back out: ``(input2d, weight2d, bias, stride, padding, dilation, groups, residual2d,
-    layout)`` where ``input2d`` is the depth im2col ``(N * D_out, C * kD, H, W)`` (a copy),
-    ``weight2d`` is ``(K, C/g * kD, kH, kW)``, stride/dilation are the (height, width) pairs,
-    padding is ``(top, bottom, left, right)`` and ``layout`` is ``(N, D_out, unbatched,
-    channels_last_3d)``.
-
-    Validates the call in 3-D terms first (errors name conv3d's arguments as given). Under
-    autocast the tensors are cast to the autocast dtype first, as ``aten::conv3d`` does.
-    """
+def _validated(input, weight, bias, stride, padding, dilation, groups, residual) -> tuple:
+    """A conv3d call checked in 3-D terms (errors name conv3d's arguments as given): ``(input,
+    weight, bias, residual, (stride, pads, dilation, groups, (D_out, P, Q)))``, the tensors cast
+    to the autocast dtype first under autocast, as ``aten::conv3d`` does."""
     if not isinstance(input, Tensor):
         raise ConvTypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
     if not isinstance(weight, Tensor):
@@ -190,10 +186,9 @@ def conv3d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
         residual = None if residual is None else _autograd._autocast_cast(residual, device_type, cast_to)
     check_tensor("input", input)
     check_like("weight", weight, "input", input)
-    stride, pads, dilation, groups, (d_out, _, _) = _options(
-        tuple(input.shape), tuple(weight.shape), None if residual is None else tuple(residual.shape),
-        stride, padding, dilation, groups)
-    k, kd = weight.shape[0], weight.shape[2]
+    options = _options(tuple(input.shape), tuple(weight.shape), None if residual is None else tuple(residual.shape),
+                       stride, padding, dilation, groups)
+    k = weight.shape[0]
     if bias is not None:
         check_like("bias", bias, "input", input)
         if bias.dim() != 1 or bias.shape[0] != k:
@@ -201,39 +196,202 @@ def conv3d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
                                     f"got shape {tuple(bias.shape)}")
     if residual is not None:
         check_like("residual", residual, "input", input)
+    return input, weight, bias, residual, options
 
+
+def _output_channels_last(input, weight) -> bool:
+    """torch's rule for the output's format (conv2d's, in 3-D): channels_last_3d when the input (an
+    unbatched one as torch's unsqueeze(0) lays it out) or the weight suggests channels_last_3d.
+    (CPU torch 2.13 makes an exception for float32 batches of one, which come out contiguous.)"""
+    x = input.unsqueeze(0) if input.dim() == 4 else input
+    return (_channels_last_3d_like(tuple(x.shape), x.stride())
+            or _channels_last_3d_like(tuple(weight.shape), weight.stride()))
+
+
+def _describe(input, weight, bias, residual, activation, options, tf32=None) -> Conv3dSpec:
+    """The :class:`Conv3dSpec` of a validated call (``options`` as :func:`_validated` returns them)."""
+    stride, pads, dilation, groups, (d_out, p, q) = options
     unbatched = input.dim() == 4
-    x = input.unsqueeze(0) if unbatched else input
-    # torch's rule for the output's format (conv2d's, in 3-D): channels_last_3d when the input (an
-    # unbatched one as torch's unsqueeze(0) lays it out) or the weight suggests channels_last_3d.
-    # (CPU torch 2.13 makes an exception for float32 batches of one, which come out contiguous.)
-    channels_last = (_channels_last_3d_like(tuple(x.shape), x.stride())
-                     or _channels_last_3d_like(tuple(weight.shape), weight.stride()))
+    n, c, d, h, w = (1, *input.shape) if unbatched else input.shape
+    k, _, kd, kh, kw = weight.shape
+    if tf32 is None:
+        tf32 = _backend.uses_tf32(input.dtype, input.device)
+    return Conv3dSpec(n, c, d, h, w, k, kd, kh, kw, groups, tuple(stride), tuple(pads), tuple(dilation), d_out, p, q,
+                      dtype=input.dtype, unbatched=unbatched, has_bias=bias is not None,
+                      has_residual=residual is not None, activation=activation,
+                      tf32=bool(tf32) and input.dtype == torch.float32,
+                      channels_last=_output_channels_last(input, weight))
+
+
+def takes_depth_kernel(spec: Conv3dSpec) -> bool:
+    """Whether a call runs on the depth-axis kernel (kernels/conv3d_fwd.py) rather than the depth
+    im2col: DEPTH_MIN_CHANNELS or more input channels per group. With fewer (an RGB clip, a
+    depthwise layer), the kernel's channel blocks would leave most tensor-core lanes idle, while
+    the im2col's ``C * kD`` channels per group fill them (and reach the 2-D few-channel fold)."""
+    return spec.c_per_group >= forward3d.DEPTH_MIN_CHANNELS
+
+
+# --------------------------------------------------------------------------- the depth im2col
+
+def _gather(x, kd: int, stride_d: int, pads_d: tuple, dil_d: int, d_out: int, channels_last: bool) -> Tensor:
+    """The depth im2col of a 5-D input: ``(N * D_out, C * kD, H, W)``, channel ``c * kD + kd``
+    holding input depth ``d_out * stride_d + kd * dil_d`` (depth-padded), channels_last or contiguous."""
     n, c, _, h, w = x.shape
-    if pads[0] or pads[1]:
-        x = F.pad(x, (0, 0, 0, 0, pads[0], pads[1]))
-    span = dilation[0] * (kd - 1) + 1
+    if pads_d[0] or pads_d[1]:
+        x = F.pad(x, (0, 0, 0, 0, pads_d[0], pads_d[1]))
+    span = dil_d * (kd - 1) + 1
     # (N, C, D_out, H, W, span) -> every dilation-th element of each window: (N, C, D_out, H, W, kD)
-    windows = x.unfold(2, span, stride[0])[..., ::dilation[0]]
+    windows = x.unfold(2, span, stride_d)[..., ::dil_d]
     if channels_last:  # (N, D_out, H, W, C, kD): a channels_last (N * D_out, C * kD, H, W)
         x2 = windows.permute(0, 2, 3, 4, 1, 5).reshape(n * d_out, h, w, c * kd).permute(0, 3, 1, 2)
-        x2 = x2.contiguous(memory_format=torch.channels_last)
-    else:  # (N, D_out, C, kD, H, W): a contiguous (N * D_out, C * kD, H, W)
-        x2 = windows.permute(0, 2, 1, 5, 3, 4).reshape(n * d_out, c * kd, h, w).contiguous()
+        return x2.contiguous(memory_format=torch.channels_last)
+    # (N, D_out, C, kD, H, W): a contiguous (N * D_out, C * kD, H, W)
+    return windows.permute(0, 2, 1, 5, 3, 4).reshape(n * d_out, c * kd, h, w).contiguous()
+
+
+def _scatter(cols_grad, input_shape, kd: int, stride_d: int, pads_d: tuple, dil_d: int, d_out: int,
+             channels_last: bool) -> Tensor:
+    """The adjoint of :func:`_gather`: each ``(N * D_out, C * kD, H, W)`` column gradient added
+    back to the input depth it was gathered from (in fp32), as a tensor of ``input_shape``."""
+    n, c, d, h, w = input_shape
+    cols = cols_grad.reshape(n, d_out, c, kd, h, w)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    padded = torch.empty((n, c, d + pads_d[0] + pads_d[1], h, w), dtype=torch.float32, device=cols_grad.device,
+                         memory_format=fmt).zero_()
+    last = (d_out - 1) * stride_d + 1
+    for j in range(kd):
+        padded[:, :, j * dil_d:j * dil_d + last:stride_d] += cols[:, :, :, j].transpose(1, 2)
+    return padded[:, :, pads_d[0]:pads_d[0] + d].to(cols_grad.dtype, memory_format=fmt)
+
+
+def conv3d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, residual=None) -> tuple:
+    """The :func:`mcconv.conv2d` arguments of a :func:`conv3d` call as a depth im2col, and how to
+    lay its output back out: ``(input2d, weight2d, bias, stride, padding, dilation, groups,
+    residual2d, layout)`` where ``input2d`` is the depth im2col ``(N * D_out, C * kD, H, W)`` (a
+    copy), ``weight2d`` is ``(K, C/g * kD, kH, kW)``, stride/dilation are the (height, width)
+    pairs, padding is ``(top, bottom, left, right)`` and ``layout`` is ``(N, D_out, unbatched,
+    channels_last_3d)``. (Calls with DEPTH_MIN_CHANNELS or more channels per group run on the
+    depth kernel instead; this is still their 2-D form for the tools and their gradient's.)
+
+    Validates the call in 3-D terms first (errors name conv3d's arguments as given). Under
+    autocast the tensors are cast to the autocast dtype first, as ``aten::conv3d`` does.
+    """
+    input, weight, bias, residual, options = _validated(input, weight, bias, stride, padding, dilation, groups,
+                                                        residual)
+    return _views(input, weight, bias, residual, options)
+
+
+def _views(input, weight, bias, residual, options) -> tuple:
+    stride, pads, dilation, groups, (d_out, _, _) = options
+    unbatched = input.dim() == 4
+    x = input.unsqueeze(0) if unbatched else input
+    channels_last = _output_channels_last(input, weight)
+    k, kd = weight.shape[0], weight.shape[2]
+    x2 = _gather(x, kd, stride[0], pads[:2], dilation[0], d_out, channels_last)
     w2 = weight.reshape(k, weight.shape[1] * kd, *weight.shape[3:])  # channel c * kD + kd, as x2's
     if not channels_last:
         w2 = w2.contiguous()  # its strides must not make conv2d's output channels_last
     r2 = None
     if residual is not None:  # (N, K, D_out, P, Q) -> (N * D_out, K, P, Q), any strides
         r = residual.unsqueeze(0) if unbatched else residual
-        r2 = r.transpose(1, 2).reshape(n * d_out, r.shape[1], *r.shape[3:])
-    return (x2, w2, bias, stride[1:], pads[2:], dilation[1:], groups, r2, (n, d_out, unbatched, channels_last))
+        r2 = r.transpose(1, 2).reshape(x.shape[0] * d_out, r.shape[1], *r.shape[3:])
+    return (x2, w2, bias, stride[1:], pads[2:], dilation[1:], groups, r2, (x.shape[0], d_out, unbatched, channels_last))
 
+
+# --------------------------------------------------------------------------- the depth kernel's op
+
+def _spec_of_op(input, weight, bias, stride, padding, dilation, groups, activation, residual) -> Conv3dSpec:
+    """The spec of a ``mcconv::conv3d`` call (batched, normalised options: validated by conv3d())."""
+    n, c, d, h, w = input.shape
+    k, _, kd, kh, kw = weight.shape
+    out = tuple((size + padding[2 * i] + padding[2 * i + 1] - dilation[i] * (kk - 1) - 1) // stride[i] + 1
+                for i, (size, kk) in enumerate(((d, kd), (h, kh), (w, kw))))
+    options = (tuple(stride), tuple(padding), tuple(dilation), groups, out)
+    return _describe(input, weight, bias, residual, _activation(_autograd._act(activation)), options)
+
+
+@torch.library.custom_op("mcconv::conv3d", mutates_args=())
+def conv3d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
+              dilation: list[int], groups: int, activation: str, residual: Optional[Tensor] = None) -> Tensor:
+    """``act(conv3d(input, weight) + bias + residual)`` on the depth kernel: a 5-D input, padding
+    ``(front, back, top, bottom, left, right)``, activation ``"none"`` or a name (as ``mcconv::conv2d``)."""
+    spec = _spec_of_op(input, weight, bias, stride, padding, dilation, groups, activation, residual)
+    return forward3d.run(forward3d.plan(spec, input, weight, residual), input, weight, bias, residual)
+
+
+@conv3d_op.register_fake
+def _conv3d_fake(input, weight, bias, stride, padding, dilation, groups, activation, residual=None):
+    spec = _spec_of_op(input, weight, bias, stride, padding, dilation, groups, activation, residual)
+    shape = spec.output_shape
+    return torch.empty_strided(shape, forward3d.contiguous_strides(shape, spec.channels_last), dtype=input.dtype,
+                               device=input.device)
+
+
+def _setup_conv3d(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, activation, residual = inputs
+    act = _activation(_autograd._act(activation))
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.activation = activation
+    ctx.shapes = (tuple(input.shape), tuple(weight.shape))
+    ctx.channels_last = _output_channels_last(input, weight)
+    # silu's and gelu's derivatives read z: the backward recomputes it (one more forward launch)
+    # rather than every forward storing it.
+    ctx.recompute_z = act is not None and act.needs_preact
+    needs = ctx.needs_input_grad
+    keep = ctx.recompute_z
+    ctx.save_for_backward(input if needs[1] or keep else None, weight if needs[0] or keep else None,
+                          bias if keep else None, residual if keep else None,
+                          output if act is not None and not keep else None)
+
+
+def _as_4d(t: Tensor) -> Tensor:
+    """(N, K, D, P, Q) as (N, K, D * P, Q) (a view for channels_last_3d and contiguous tensors):
+    the shape the 2-D activation and bias-gradient ops take."""
+    n, k, d, p, q = t.shape
+    return t.reshape(n, k, d * p, q)
+
+
+def _backward_conv3d(ctx, grad_y):
+    """dL/dz through the activation (and dL/dbias) on 4-D views, then dL/dinput and dL/dweight as
+    the depth im2col's gradients: its gather recomputed, the 2-D gradient kernels, its scatter."""
+    input, weight, bias, residual, saved = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv_args
+    if ctx.recompute_z:
+        saved = conv3d_op(input, weight, bias, stride, padding, dilation, groups, _autograd._NO_ACT, residual)
+    grad_z, grad_bias = _autograd._activation_backward(ctx, _as_4d(grad_y),
+                                                       None if saved is None else _as_4d(saved))
+    grad_z = grad_z.reshape(grad_y.shape)
+    input_shape, weight_shape = ctx.shapes
+    n, c, _, h, w = input_shape
+    k, cg, kd, kh, kw = weight_shape
+    d_out, p, q = grad_z.shape[2:]
+    needs = ctx.needs_input_grad
+    grad_input = grad_weight = None
+    if needs[0] or needs[1]:
+        grad2 = grad_z.transpose(1, 2).reshape(n * d_out, k, p, q)
+        conv2 = (stride[1:], padding[2:], dilation[1:], groups)
+        if needs[0]:
+            w2 = weight.reshape(k, cg * kd, kh, kw)
+            cols = _autograd.conv2d_input_grad_op(grad2, w2, [n * d_out, c * kd, h, w], *conv2)
+            grad_input = _scatter(cols, input_shape, kd, stride[0], padding[:2], dilation[0], d_out,
+                                  ctx.channels_last)
+        if needs[1]:
+            cols = _gather(input, kd, stride[0], padding[:2], dilation[0], d_out, follows_channels_last(grad2))
+            grad_weight = _autograd.conv2d_weight_grad_op(grad2, cols, [k, cg * kd, kh, kw], *conv2)
+            grad_weight = grad_weight.reshape(weight_shape)
+    grad_residual = grad_z if len(needs) > 8 and needs[8] else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, grad_residual
+
+
+conv3d_op.register_autograd(_backward_conv3d, setup_context=_setup_conv3d)
+
+
+# --------------------------------------------------------------------------- the entry point
 
 def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
            residual=None):
     """3-D convolution with the semantics of ``torch.nn.functional.conv3d``, plus a fused residual
-    add and activation, on mcconv's 2-D kernels.
+    add and activation.
 
     Args:
         input: ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)``; float16, bfloat16 or float32;
@@ -258,17 +416,28 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         mcconv.ConvArgumentError / mcconv.ConvTypeError (each also a RuntimeError) for anything
         ``F.conv3d`` refuses, naming conv3d's argument.
 
-    Not yet a kernel with a depth axis: the call is a depth im2col over the 2-D kernels
-    (:func:`conv3d_views`). The input, padded along depth, is copied into ``(N * D_out, C * kD,
-    H, W)`` -- about ``kD / stride_d`` times the input's memory (``kD`` times for stride 1) --
-    and one :func:`mcconv.conv2d` call with the weight viewed as ``(K, C/g * kD, kH, kW)``
-    computes every output depth; a contiguous output is one more copy (the 2-D output's depth
-    and channel axes are swapped back). Autograd (input, weight, bias, residual),
-    ``torch.compile(fullgraph=True)`` and autocast come from ``conv2d`` and torch's own ops.
+    Two ways to run, chosen per call (:func:`takes_depth_kernel`; :func:`explain3d` says which):
+
+    - 16 or more input channels per group: the depth-axis kernel (kernels/conv3d_fwd.py), an
+      implicit GEMM over (n, d, p, q) voxels and (kd, kh, kw, c) reductions that reads the
+      input in place when it is channels_last_3d (other layouts: one channels_last_3d copy per
+      call). Its gradients are the depth im2col's (below), the gather recomputed in the backward
+      instead of kept from the forward.
+    - fewer (an RGB clip, depthwise layers): a depth im2col over the 2-D kernels. The input,
+      padded along depth, is copied into ``(N * D_out, C * kD, H, W)`` -- about ``kD /
+      stride_d`` times the input's memory -- and one :func:`mcconv.conv2d` call with the weight
+      viewed as ``(K, C/g * kD, kH, kW)`` computes every output depth (:func:`conv3d_views`).
+
+    Autograd (input, weight, bias, residual), ``torch.compile(fullgraph=True)`` and autocast
+    work on both.
     """
-    _activation(activation)  # validates before the gather copies anything
-    x2, w2, b, stride, padding, dilation, groups, r2, layout = conv3d_views(
-        input, weight, bias, stride, padding, dilation, groups, residual=residual)
+    act = _activation(activation)  # validates before anything is copied
+    input, weight, bias, residual, options = _validated(input, weight, bias, stride, padding, dilation, groups,
+                                                        residual)
+    spec = _describe(input, weight, bias, residual, act, options)
+    if takes_depth_kernel(spec):
+        return _depth_kernel(spec, input, weight, bias, residual)
+    x2, w2, b, stride, padding, dilation, groups, r2, layout = _views(input, weight, bias, residual, options)
     n, d_out, unbatched, channels_last = layout
     y2 = _autograd.conv2d(x2, w2, b, stride, padding, dilation, groups, activation, r2)
     y = y2.reshape(n, d_out, *y2.shape[1:]).transpose(1, 2)  # (N, K, D_out, P, Q)
@@ -277,15 +446,38 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return y.squeeze(0) if unbatched else y
 
 
+def _depth_kernel(spec, input, weight, bias, residual):
+    """The depth kernel: launched directly for inference on plain tensors (the op's dispatch costs
+    tens of microseconds), else through ``mcconv::conv3d`` (autograd, compile, fake tensors)."""
+    needs_grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad))
+    if not (needs_grad or torch.compiler.is_compiling()) and _autograd._plain_eager(input, weight, bias, residual):
+        return forward3d.run(forward3d.plan(spec, input, weight, residual), input, weight, bias, residual)
+    unbatched = spec.unbatched
+    x = input.unsqueeze(0) if unbatched else input
+    r = residual.unsqueeze(0) if unbatched and residual is not None else residual
+    act = _autograd._NO_ACT if spec.activation is None else spec.activation.name
+    y = conv3d_op(x, weight, bias, list(spec.stride), list(spec.padding), list(spec.dilation), spec.groups, act, r)
+    return y.squeeze(0) if unbatched else y
+
+
 def explain3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
               residual=None, device_name=None, direction="forward"):
-    """:func:`mcconv.explain` for a :func:`conv3d` call: the kernel and tiles of the 2-D call that
-    runs it (shapes in the record are the depth im2col's, ``(N * D_out, K, P, Q)``). Tensors may
-    be on the ``meta`` device."""
+    """:func:`mcconv.explain` for a :func:`conv3d` call. The depth kernel's forward reports
+    ``conv3d_direct`` with the 3-D output shape; the depth im2col's launches, and every call's
+    backward (the im2col's 2-D gradient kernels), report the 2-D call's shapes, ``(N * D_out, K,
+    P, Q)``. Tensors may be on the ``meta`` device."""
     from ._explain import explain
 
-    _activation(activation)
-    x2, w2, b, stride, padding, dilation, groups, r2, _ = conv3d_views(
-        input, weight, bias, stride, padding, dilation, groups, residual=residual)
-    return explain(x2, w2, b, stride, padding, dilation, groups, activation=activation, residual=r2,
-                   device_name=device_name, direction=direction)
+    act = _activation(activation)
+    input, weight, bias, residual, options = _validated(input, weight, bias, stride, padding, dilation, groups,
+                                                        residual)
+    x2, w2, b, stride, padding, dilation, groups, r2, _ = _views(input, weight, bias, residual, options)
+    found = explain(x2, w2, b, stride, padding, dilation, groups, activation=activation, residual=r2,
+                    device_name=device_name, direction=direction)
+    spec = _describe(input, weight, bias, residual, act, options)
+    if not takes_depth_kernel(spec) or direction == "backward":
+        return found
+    depth = forward3d.plan(spec, input, weight, residual, device_name=device_name).dispatch
+    return depth if direction == "forward" else [depth, *found[1:]]

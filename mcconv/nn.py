@@ -90,15 +90,15 @@ class Conv1d(_Forward, nn.Conv1d):
 
 
 class Conv3d(_Forward, nn.Conv3d):
-    """``torch.nn.Conv3d`` computed by mcconv's 2-D Triton kernels, with an optional fused activation.
+    """``torch.nn.Conv3d`` computed by mcconv's Triton kernels, with an optional fused activation.
 
     Same constructor arguments, parameters (``weight`` ``(out, in/groups, kD, kH, kW)``, optional
     ``bias``), initialisation and state dict as ``torch.nn.Conv3d`` -- a state dict loads either
     way -- plus ``activation`` (None or a name in :data:`mcconv.ACTIVATIONS`), applied in the
     kernel's epilogue. It prints as ``mcconv.Conv3d(...)``. ``forward(input, residual=None)``
     also takes an optional residual of the output's shape, added in the epilogue before the
-    activation (see :func:`mcconv.conv3d`: a depth im2col over the 2-D kernels, which copies the
-    input about kD times). Padding modes other than ``"zeros"`` pad with ``F.pad`` and then
+    activation (see :func:`mcconv.conv3d`: the depth-axis kernel from 16 input channels per group,
+    else a depth im2col over the 2-D kernels). Padding modes other than ``"zeros"`` pad with ``F.pad`` and then
     convolve without padding, as torch does.
     """
 

@@ -190,7 +190,57 @@ def _tensor(shape, dtype, layout, device="cpu", requires_grad=False):
     t = torch.empty(shape, dtype=dtype, device=device)
     if layout == "channels_last" and len(shape) == 4:
         t = t.to(memory_format=torch.channels_last)
+    if layout == "channels_last" and len(shape) == 5:
+        t = t.to(memory_format=torch.channels_last_3d)
     return t.requires_grad_(requires_grad)
+
+
+# conv3d calls of 16+ channels per group (the depth kernel): (label, input, weight, stride,
+# padding, dilation, groups); 27, 64 and 75 taps (32-bit, 64-bit and no tap bit sets).
+GEOMETRIES_3D = [
+    ("conv3d 3x3x3", (2, 64, 4, 9, 9), (64, 64, 3, 3, 3), 1, 1, 1, 1),
+    ("conv3d 1x3x3 stride (1, 2, 2), grouped", (2, 32, 4, 9, 9), (48, 16, 1, 3, 3), (1, 2, 2), (0, 1, 1), 1, 2),
+    ("conv3d 4x4x4", (1, 16, 5, 6, 6), (24, 16, 4, 4, 4), 1, 1, 1, 1),
+    ("conv3d 3x5x5 dilated", (1, 16, 5, 9, 9), (16, 16, 3, 5, 5), 1, 2, (1, 1, 2), 1),
+]
+# One int64 case: the depth kernel's offsets past 2**31 elements (meta tensors, launchers direct).
+HUGE_3D = ("conv3d 3x3x3, int64", "bfloat16", "channels_last", (1, 32, 64, 2**10, 2**10), (32, 32, 3, 3, 3), 1, 1,
+           1, 1)
+
+
+def drive_conv3d_paths(mcconv, backend):
+    """mcconv.conv3d on the depth kernel: every dtype mode in both layouts (a geometry each, an
+    activation, bias and residual rotating), forward and autograd; then the int64 case."""
+    global _context, _mode
+    from mcconv.ops import forward3d
+
+    conv3d = sys.modules["mcconv.conv3d"]
+    activations = _activations()
+    for i, ((mode, (dtype, tf32)), layout) in enumerate(itertools.product(MODES.items(), LAYOUTS)):
+        backend.uses_tf32 = lambda dtype, device, tf32=tf32: tf32 and dtype == torch.float32
+        _mode = mode
+        label, x_shape, w_shape, stride, padding, dilation, groups = GEOMETRIES_3D[i % len(GEOMETRIES_3D)]
+        activation = activations[i % len(activations)]
+        train = i % 3 == 0
+        _context = f"mcconv.conv3d {mode} {layout} {label}, activation={activation}"
+        x = _tensor(x_shape, dtype, layout, requires_grad=train)
+        w = _tensor(w_shape, dtype, "contiguous", requires_grad=train)
+        b = _tensor((w_shape[0],), dtype, "contiguous") if i % 2 else None
+        out_shape = mcconv.explain3d(x, w, b, stride, padding, dilation, groups).output_shape
+        r = _tensor(out_shape, dtype, layout) if i % 4 < 2 else None
+        with torch.set_grad_enabled(train):
+            y = mcconv.conv3d(x, w, b, stride, padding, dilation, groups, activation=activation, residual=r)
+        if train:
+            y.backward(torch.empty_like(y))
+    label, mode, layout, x_shape, w_shape, stride, padding, dilation, groups = HUGE_3D
+    dtype, tf32 = MODES[mode]
+    backend.uses_tf32 = lambda dtype, device, tf32=tf32: tf32 and dtype == torch.float32
+    _mode, _context = mode, f"{mode} {layout} {label}"
+    x = _tensor(x_shape, dtype, layout, device="meta")
+    w = _tensor(w_shape, dtype, "contiguous", device="meta")
+    options = conv3d._validated(x, w, None, stride, padding, dilation, groups, None)[4]
+    spec = conv3d._describe(x, w, None, None, mcconv.ACTIVATIONS["relu"], options)
+    forward3d.run(forward3d.plan(spec, x, w), x, w, preact=True)
 
 
 def drive_public_paths(mcconv, backend):
@@ -270,6 +320,7 @@ def collect(candidates: bool):
     _backend.sm_count = lambda device: H100_SMS
     drive_public_paths(mcconv, _backend)
     drive_int64_paths(mcconv, ops, _backend)
+    drive_conv3d_paths(mcconv, _backend)
     return list(_launches)
 
 

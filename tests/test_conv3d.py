@@ -1,5 +1,6 @@
-"""mcconv.conv3d / mcconv.Conv3d: torch.nn.functional.conv3d's semantics as a depth im2col over
-the 2-D kernels.
+"""mcconv.conv3d / mcconv.Conv3d: torch.nn.functional.conv3d's semantics. These cases have fewer
+than 16 channels per group, so they run as the depth im2col over the 2-D kernels;
+tests/test_conv3d_depth.py runs them (and more) on the depth-axis kernel.
 
 Values and gradients against float64 torch; output strides and every error against what CPU
 torch 2.13 does (each error test first runs torch and asserts that it raises); the module, its

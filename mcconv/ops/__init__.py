@@ -1,6 +1,7 @@
 """mcconv's operations: one module each, holding its kernels' declarations, its plans and its launch.
 
 * :mod:`.forward` -- ``y = act(conv2d(x, w) + bias + residual)``
+* :mod:`.forward3d` -- the same for conv3d, on the depth-axis kernel
 * :mod:`.input_grad` -- dL/dx from dL/dz and w
 * :mod:`.weight_grad` -- dL/dw from dL/dz and x (split, fixed-order reduction)
 * :mod:`.bias_act` -- dL/dz = dL/dy * act'(.) and/or dL/dbias
@@ -12,7 +13,7 @@ call them): each validates on the first call of a kind, then looks its plan up a
 ``kernels/`` (installed as ``mcconv._kernels``).
 """
 from .._backend import capture  # noqa: F401 - record launches instead of running them (tools)
-from . import bias_act, forward, input_grad, weight_grad  # noqa: F401 - registers the kernels, in dispatch order
+from . import bias_act, forward, forward3d, input_grad, weight_grad  # noqa: F401 - registers the kernels, in dispatch order
 
 
 def conv2d_forward(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,

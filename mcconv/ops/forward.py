@@ -518,7 +518,7 @@ class ConvDirect(Kernel):
             sizes = (cp, spec.h + top + bottom, spec.w + left + right, 0, 0)
             meta.update(X_ALIGN=cp, W_ALIGN=_pow2_dividing(w[0], w[2], cap=vec), C_ALIGN=cp)
         else:
-            x = _reachable((spec.n, spec.c_per_group, spec.h, spec.w), strides["x"])
+            x = _reachable((spec.n, spec.c, spec.h, spec.w), strides["x"])  # c: the group offset too
             w = _reachable(spec.weight_shape, strides["w"])
             sizes = (spec.c_per_group, spec.h, spec.w, spec.padding[0], spec.padding[2])
             # Offsets along the unit-stride channel axis vectorise when every other offset is aligned.
