@@ -17,7 +17,7 @@ functions, :data:`ACTIVATIONS` (the fused activations) and the error classes. To
 kernels for a named GPU and reads their SASS; needs no GPU, but TRITON_INTERPRET unset).
 """
 from ._explain import Dispatch, explain, plans
-from ._spec import ConvArgumentError, ConvSpec, ConvTypeError
+from ._spec import Conv3dSpec, ConvArgumentError, ConvSpec, ConvTypeError
 from .epilogue import ACTIVATIONS
 from .conv3d import conv3d, conv3d_views, explain3d
 from .functional import conv1d, conv1d_views, conv2d, explain1d
@@ -45,6 +45,7 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv3d",
+    "Conv3dSpec",
     "ConvArgumentError",
     "ConvSpec",
     "ConvTranspose1d",

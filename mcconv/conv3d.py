@@ -208,6 +208,22 @@ def _output_channels_last(input, weight) -> bool:
             or _channels_last_3d_like(tuple(weight.shape), weight.stride()))
 
 
+def spec_from_shapes(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, **options) -> Conv3dSpec:
+    """The :class:`Conv3dSpec` of a conv3d call given by shapes (no tensors), validated as
+    :func:`conv3d` validates it; ``options`` set the other fields (dtype, activation, ...)."""
+    input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
+    if len(input_shape) not in (4, 5) or len(weight_shape) != 5:
+        raise ConvArgumentError(f"input, weight: expected (N, C, D, H, W) or (C, D, H, W) and (K, C/g, kD, kH, kW) "
+                                f"shapes, got {input_shape} and {weight_shape}")
+    stride, pads, dilation, groups, (d_out, p, q) = _options(input_shape, weight_shape, None, stride, padding,
+                                                             dilation, groups)
+    unbatched = len(input_shape) == 4
+    n, c, d, h, w = (1, *input_shape) if unbatched else input_shape
+    k, _, kd, kh, kw = weight_shape
+    return Conv3dSpec(n, c, d, h, w, k, kd, kh, kw, groups, tuple(stride), tuple(pads), tuple(dilation), d_out, p, q,
+                      unbatched=unbatched, **options)
+
+
 def _describe(input, weight, bias, residual, activation, options, tf32=None) -> Conv3dSpec:
     """The :class:`Conv3dSpec` of a validated call (``options`` as :func:`_validated` returns them)."""
     stride, pads, dilation, groups, (d_out, p, q) = options
@@ -233,20 +249,44 @@ def takes_depth_kernel(spec: Conv3dSpec) -> bool:
 
 # --------------------------------------------------------------------------- the depth im2col
 
-def _gather(x, kd: int, stride_d: int, pads_d: tuple, dil_d: int, d_out: int, channels_last: bool) -> Tensor:
+def _gather(x, kd: int, stride_d: int, pads_d: tuple, dil_d: int, d_out: int, channels_last: bool,
+            channels: int = 0) -> Tensor:
     """The depth im2col of a 5-D input: ``(N * D_out, C * kD, H, W)``, channel ``c * kD + kd``
-    holding input depth ``d_out * stride_d + kd * dil_d`` (depth-padded), channels_last or contiguous."""
+    holding input depth ``d_out * stride_d + kd * dil_d`` (depth-padded), channels_last or
+    contiguous; with ``channels`` > C * kD, zero channels follow up to that many."""
     n, c, _, h, w = x.shape
     if pads_d[0] or pads_d[1]:
         x = F.pad(x, (0, 0, 0, 0, pads_d[0], pads_d[1]))
     span = dil_d * (kd - 1) + 1
     # (N, C, D_out, H, W, span) -> every dilation-th element of each window: (N, C, D_out, H, W, kD)
     windows = x.unfold(2, span, stride_d)[..., ::dil_d]
+    if channels > c * kd:  # one copy into a zero-filled buffer of the padded channel count
+        if channels_last:  # (N * D_out, H, W, channels) <- (N, D_out, H, W, C, kD)
+            out = x.new_zeros((n * d_out, h, w, channels))
+            out[..., :c * kd].unflatten(-1, (c, kd)).unflatten(0, (n, d_out)).copy_(windows.permute(0, 2, 3, 4, 1, 5))
+            return out.permute(0, 3, 1, 2)
+        out = x.new_zeros((n * d_out, channels, h, w))  # (N * D_out, channels, H, W) <- (N, D_out, C, kD, H, W)
+        out[:, :c * kd].unflatten(1, (c, kd)).unflatten(0, (n, d_out)).copy_(windows.permute(0, 2, 1, 5, 3, 4))
+        return out
     if channels_last:  # (N, D_out, H, W, C, kD): a channels_last (N * D_out, C * kD, H, W)
         x2 = windows.permute(0, 2, 3, 4, 1, 5).reshape(n * d_out, h, w, c * kd).permute(0, 3, 1, 2)
         return x2.contiguous(memory_format=torch.channels_last)
     # (N, D_out, C, kD, H, W): a contiguous (N * D_out, C * kD, H, W)
     return windows.permute(0, 2, 1, 5, 3, 4).reshape(n * d_out, c * kd, h, w).contiguous()
+
+
+def im2col_channels(channels: int, groups: int, itemsize: int) -> int:
+    """The depth im2col's channel count for ``channels`` = C * kD: rounded up to whole 16 bytes
+    per pixel (zero channels, zero weights) for a single group of more channels than the 2-D
+    kernels' few-channel fold takes. A pixel row of, say, 9 fp16 channels (an RGB clip's kD = 3
+    im2col) is 18 bytes: no vector load can take it, and conv_direct's tap loop falls back to
+    synchronous 2-byte loads; 16 channels are 32 bytes, two 16-byte cp.async."""
+    from .ops.forward import FOLD_MAX_CHANNELS
+
+    vector = max(1, 16 // itemsize)
+    if groups != 1 or channels <= FOLD_MAX_CHANNELS or channels % vector == 0:
+        return channels
+    return -(-channels // vector) * vector
 
 
 def _scatter(cols_grad, input_shape, kd: int, stride_d: int, pads_d: tuple, dil_d: int, d_out: int,
@@ -268,7 +308,8 @@ def conv3d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     """The :func:`mcconv.conv2d` arguments of a :func:`conv3d` call as a depth im2col, and how to
     lay its output back out: ``(input2d, weight2d, bias, stride, padding, dilation, groups,
     residual2d, layout)`` where ``input2d`` is the depth im2col ``(N * D_out, C * kD, H, W)`` (a
-    copy), ``weight2d`` is ``(K, C/g * kD, kH, kW)``, stride/dilation are the (height, width)
+    copy; one group's channels zero-padded to whole 16 bytes per pixel, see :func:`im2col_channels`),
+    ``weight2d`` is ``(K, C/g * kD, kH, kW)`` (zero-padded alike), stride/dilation are the (height, width)
     pairs, padding is ``(top, bottom, left, right)`` and ``layout`` is ``(N, D_out, unbatched,
     channels_last_3d)``. (Calls with DEPTH_MIN_CHANNELS or more channels per group run on the
     depth kernel instead; this is still their 2-D form for the tools and their gradient's.)
@@ -287,8 +328,11 @@ def _views(input, weight, bias, residual, options) -> tuple:
     x = input.unsqueeze(0) if unbatched else input
     channels_last = _output_channels_last(input, weight)
     k, kd = weight.shape[0], weight.shape[2]
-    x2 = _gather(x, kd, stride[0], pads[:2], dilation[0], d_out, channels_last)
+    channels = im2col_channels(x.shape[1] * kd, groups, x.element_size())
+    x2 = _gather(x, kd, stride[0], pads[:2], dilation[0], d_out, channels_last, channels)
     w2 = weight.reshape(k, weight.shape[1] * kd, *weight.shape[3:])  # channel c * kD + kd, as x2's
+    if channels > x.shape[1] * kd:  # zero weights for the zero channels (one group)
+        w2 = F.pad(w2, (0, 0, 0, 0, 0, channels - w2.shape[1]))
     if not channels_last:
         w2 = w2.contiguous()  # its strides must not make conv2d's output channels_last
     r2 = None

@@ -7,6 +7,8 @@ torch 2.13 does (each error test first runs torch and asserts that it raises); t
 state dict and mcconv.convert. Shapes are tiny: the suite runs the kernels through Triton's
 interpreter on the CPU.
 """
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -233,9 +235,36 @@ def test_explain3d_and_the_im2col_views():
         assert d.output_shape == (2 * out[2], out[1], *out[3:]), name
         views = mcconv.conv3d_views(x, w, None, 1, padding, 1, groups)
         assert mcconv.explain(*views[:7]) == d
-        assert views[0].shape == (2 * out[2], 6 * w_shape[2], 7, 7)
-        assert views[1].shape == (w_shape[0], w_shape[1] * w_shape[2], *w_shape[3:])
+        # one group's 18 fp32 channels (72 bytes a pixel) are padded to 20 (80 bytes): 16-byte loads
+        channels = 20 if name == "direct" else 6 * w_shape[2]
+        assert views[0].shape == (2 * out[2], channels, 7, 7)
+        assert views[1].shape == (w_shape[0], channels // groups, *w_shape[3:])
         assert views[3:7] == ((1, 1), (padding,) * 4, (1, 1), groups)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL3], ids=["contiguous", "cl3d"])
+def test_im2col_channel_padding_rule_and_values(layout):
+    """One group of more channels than the 2-D fold takes, in rows that are not whole 16 bytes
+    (9 fp16 channels: an RGB clip at kD = 3), gets zero channels and zero weights up to whole
+    16 bytes, so that the 2-D kernel's rows load with 16-byte cp.async; the result is unchanged."""
+    im2col_channels = sys.modules["mcconv.conv3d"].im2col_channels
+    assert [im2col_channels(c, 1, 2) for c in (8, 9, 15, 16, 24, 27)] == [8, 16, 16, 16, 24, 32]
+    assert [im2col_channels(c, 1, 4) for c in (9, 12, 18)] == [12, 12, 20]
+    assert im2col_channels(9, 3, 2) == 9  # groups: never padded
+    x = _randn(2, 3, 5, 6, 5, dtype=torch.float16).to(memory_format=layout)
+    w, b = _randn(8, 3, 3, 3, 3, dtype=torch.float16), _randn(8, dtype=torch.float16)
+    x2, w2 = mcconv.conv3d_views(x, w, b, padding=1)[:2]
+    assert x2.shape[1] == w2.shape[1] == 16 and not x2[:, 9:].any() and not w2[:, 9:].any()
+    assert mcconv.explain3d(x, w, b, padding=1).kernel == "conv_direct"
+    y = mcconv.conv3d(x, w, b, padding=1, activation="relu")
+    assert_conv_close(y, ref64(x, w, b, padding=1, activation="relu"), torch.float16, 81)
+    xg, wg = x.float().requires_grad_(), w.float().requires_grad_()
+    gy = _randn(y.shape)
+    grads = torch.autograd.grad(mcconv.conv3d(xg, wg, padding=1), (xg, wg), gy)
+    x64, w64 = (t.detach().double().cpu().requires_grad_() for t in (xg, wg))
+    want = torch.autograd.grad(F.conv3d(x64, w64, padding=1), (x64, w64), gy.double().cpu())
+    for got, expected in zip(grads, want):
+        assert_conv_close(got, expected, torch.float32, 81 * 8)
 
 
 def test_im2col_channel_order_is_c_times_kd_plus_kd():

@@ -144,16 +144,25 @@ def test_suite_sizes():
     assert len(speech) == 19 and all(c.h == c.kh == 1 for c in speech)  # 1-D: the unit-height view
     assert [c.output_hw[1] for c in speech[:7]] == [3199, 1599, 799, 399, 199, 99, 49]  # wav2vec 2.0's lengths
     video = suites.get_suite("video3d")
-    assert len(video) == 8 and video[0].input_shape == (4 * 16, 9, 112, 112)  # 4 clips x 16 depths, 3 x kD channels
-    for layer in video:  # the 2-D problem is conv3d's: same FLOPs as the 3-D convolution
-        n, d = 4, layer.n // 4
-        x3 = torch.empty(n, layer.c // 3, d, layer.h, layer.w, device="meta", dtype=torch.float16)
-        w3 = torch.empty(layer.k, layer.c // 3, 3, 3, 3, device="meta", dtype=torch.float16)
-        assert mcconv.explain3d(x3, w3, None, 1, 1).output_shape == layer.output_shape
+    assert len(video) == 8 and video[0].input_shape == (4, 3, 16, 112, 112)  # 4 RGB clips of 16 frames
+    assert sum(layer.flops for layer in video) == 2 * sum(  # C3D: 2 * N*K*D*P*Q * C*27
+        4 * k * d * h * h * c * 27 for _, c, d, h, k in suites._C3D)
     for layer in resnet + mbv2 + deep + speech + video:  # every layer is valid and mcconv derives its shape alike
         x, w, _ = layer_tensors(layer, "float16", "channels_last")
-        dispatch = mcconv.explain(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        assert dispatch.output_shape == layer.output_shape
+        assert x.is_contiguous(memory_format=layer.memory_format)
+        dispatch = layer.explain(x, w, None)
+        if layer.op == "conv3d" and dispatch.kernel != "conv3d_direct":  # the depth im2col's 2-D record
+            n, k, d, p, q = layer.output_shape
+            assert dispatch.output_shape == (n * d, k, p, q)
+        else:
+            assert dispatch.output_shape == layer.output_shape
+    # the 3-D layers: conv1a (3 channels) on the depth im2col, the others on the depth kernel; the
+    # im2col's 2-D problem has the same FLOPs (9 channels padded to 16 for fp16 loads)
+    assert [layer.explain(*layer_tensors(layer, "float16", "channels_last")[:2]).kernel for layer in video] == \
+        ["conv_direct"] + ["conv3d_direct"] * 7
+    flat = video[0].im2col_layer(2)
+    assert flat.input_shape == (4 * 16, 16, 112, 112) and flat.output_shape == (4 * 16, 64, 112, 112)
+    assert video[1].im2col_layer(2).c == 64 * 3  # the depth kernel's gradient gathers unpadded
     with pytest.raises(ValueError, match="suite"):
         suites.get_suite("vgg")
 
@@ -161,6 +170,9 @@ def test_suite_sizes():
 def test_parse_shape():
     layer = suites.parse_shape("32,64,56,56:64,64,3,3:2:1")
     assert (layer.stride, layer.padding, layer.groups) == ((2, 2), (1, 1), 1)
+    layer = suites.parse_shape("2,32,8,14,14:64,32,3,3,3:1:1")
+    assert layer.op == "conv3d" and layer.output_shape == (2, 64, 8, 14, 14) and layer.padding == (1, 1, 1)
+    assert layer.describe() == "2x32x8x14x14 * 64x32x3x3x3 s1 p1"
     assert suites.parse_shape("8,32,14,14:32,1,3,3:1:1:32").groups == 32
     with pytest.raises(ValueError, match="--shape"):
         suites.parse_shape("8,32,14:32,1,3,3")
@@ -177,6 +189,46 @@ def test_bench_dry_run_on_cpu(capsys):
     assert all(len(line) <= 120 for line in out.splitlines())
     assert main(["bench", "--shape", "8,16,14,14:32,16,3,3:1:1", "--dry-run"]) == 0
     assert "conv_direct" in capsys.readouterr().out
+    assert main(["bench", "--suite", "video3d", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("conv3d_direct") == 7 and "4x3x16x112x112 * 64x3x3x3x3" in out
+
+
+def test_plan_of_a_conv3d_call(capsys):
+    assert main(["plan", "--input", "2,32,8,14,14", "--weight", "64,32,3,3,3", "--padding", "1", "--bias"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("conv3d    input (2, 32, 8, 14, 14)") and "(front, back, top, bottom, left, right)" in out
+    flops = 2 * 2 * 64 * 8 * 14 * 14 * 32 * 27
+    assert f"{flops:,} = 2*N*K*D*P*Q*(C/groups)*KD*KH*KW" in out and "conv3d_direct" in out
+    assert main(["plan", "--input", "2,32,8,14,14", "--weight", "64,32,3,3"]) == 2
+    assert "--input, --weight" in capsys.readouterr().err
+
+
+def test_bench_rows_of_a_conv3d_layer_on_cpu():
+    """bench's checks and timing loop on conv3d layers (depth kernel and depth im2col), fake timer."""
+    layers = [suites.Conv3dLayer("depth", 1, 16, 3, 4, 4, 8, 2, 3, 3, padding=(1, 1, 1)),
+              suites.Conv3dLayer("im2col", 1, 3, 3, 4, 4, 8, 3, 3, 3, padding=(1, 1, 1))]
+    for direction in ("forward", "backward"):
+        rows = bench.run_rows(layers, "float32", "channels_last", direction=direction, device="cpu",
+                              timer=FakeTimer(), activation="relu")
+        assert [r["status"] for r in rows] == ["ok", "ok"], rows
+        assert [r["kernel"] for r in rows] == ["conv3d_direct", "conv_direct"]
+        assert all(r["rel_error"] < 1e-4 for r in rows)
+
+
+def test_tune_problems_of_a_conv3d_layer():
+    """The depth kernel's forward is tuned on the 3-D call (conv_direct's table, which it shares);
+    its gradient's kernels on the depth im2col's 2-D problem."""
+    depth = suites.Conv3dLayer("depth", 2, 32, 4, 8, 8, 64, 3, 3, 3, padding=(1, 1, 1))
+    problems = tune.layer_problems(depth, "float16", "channels_last", "cpu")
+    assert [p.kernel for p in problems] == ["conv_direct", "bias_act_grad", "conv_dgrad", "conv_wgrad"]
+    assert problems[0].layer is depth and problems[0].key == tiles.shape_key("float16", 2 * 4 * 64, 64, 32 * 27)
+    assert problems[2].layer.input_shape == (2 * 4, 32 * 3, 8, 8)
+    stem = suites.Conv3dLayer("stem", 1, 3, 4, 8, 8, 16, 3, 3, 3, padding=(1, 1, 1))
+    assert [p.kernel for p in tune.layer_problems(stem, "float16", "channels_last", "cpu")][0] == "conv_direct"
+    problems[0].ensure_built()
+    y = problems[0].run(SMALL_CANDIDATES["conv_direct"][1])
+    torch.testing.assert_close(y.float(), problems[0].reference().float(), rtol=2e-2, atol=2e-2)
 
 
 def test_bench_and_tune_refuse_without_cuda(monkeypatch, capsys):

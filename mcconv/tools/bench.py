@@ -1,4 +1,4 @@
-"""``mcconv bench``: mcconv beside ``torch.nn.functional.conv2d`` (cuDNN), layer by layer.
+"""``mcconv bench``: mcconv beside ``torch.nn.functional.conv2d`` / ``conv3d`` (cuDNN), layer by layer.
 
 Each layer is first checked (both results must agree within a relative-error bound), then both
 are timed by the same timer (``triton.testing.do_bench``; layers that run in microseconds are
@@ -12,9 +12,7 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
-import mcconv
 from mcconv import ACTIVATIONS
 
 from . import gpus
@@ -43,14 +41,13 @@ def geomean(values) -> float | None:
 
 def _callables(layer: Conv, x, w, b, activation, direction):
     """(mcconv_fn, torch_fn, results) for one layer; results() gives the outputs to compare."""
-    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
     act = (lambda y: y) if activation is None else ACTIVATIONS[activation].reference
 
     def ours():
-        return mcconv.conv2d(x, w, b, *args, activation=activation)
+        return layer.run(x, w, b, activation=activation)
 
     def theirs():  # unfused: conv (+ bias), then the activation as a separate kernel
-        return act(F.conv2d(x, w, b, *args))
+        return act(layer.torch_run(x, w, b))
 
     if direction == "forward":
         return ours, theirs, lambda: (ours(), theirs())

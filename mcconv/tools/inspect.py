@@ -58,7 +58,8 @@ import torch
 
 from . import gpus
 
-__all__ = ["TARGETS", "GpuTarget", "LaunchRecord", "resolve_target", "inspect", "inspect_layer", "inspect_suite",
+__all__ = ["TARGETS", "GpuTarget", "LaunchRecord", "resolve_target", "inspect", "inspect3d", "inspect_layer",
+           "inspect_suite",
            "reference_record", "fp32_mode", "plan_ceiling", "plan_ceiling_lines", "markdown_table", "use_kernels",
            "inspect_command"]
 
@@ -527,6 +528,51 @@ def inspect(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     return records
 
 
+def inspect3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+              residual=None, direction: str = "forward", gpu: str | None = None,
+              layer: str | None = None) -> list[LaunchRecord]:
+    """:func:`inspect` for a ``mcconv.conv3d(...)`` call (arguments as :func:`mcconv.explain3d`).
+
+    Calls of 16 or more input channels per group: the depth kernel's forward launch
+    (``conv3d_direct``), then with ``direction`` "backward" or "all" the backward launches of
+    the depth im2col's 2-D call, which is what its gradient runs (the gather and scatter copies
+    around them are torch's; silu's and gelu's extra forward launch, which recomputes the
+    pre-activation, is not listed). Other calls: :func:`inspect` of the depth im2col's 2-D call.
+    """
+    from mcconv import _backend, ops
+    from mcconv.conv3d import _describe, _validated, _views, takes_depth_kernel
+    from mcconv.epilogue import activation as activation_of
+    from mcconv.ops import forward3d
+
+    _check_compilable()
+    x, w, b, r, options = _validated(_meta(input), _meta(weight), _meta(bias), stride, padding, dilation, groups,
+                                     _meta(residual))
+    spec = _describe(x, w, b, r, activation_of(activation), options)
+    x2, w2, b2, *conv2, r2, _ = _views(x, w, b, r, options)
+    if not takes_depth_kernel(spec):
+        return inspect(x2, w2, b2, *conv2, activation=activation, residual=r2, direction=direction, gpu=gpu,
+                       layer=layer)
+    records = []
+    if direction != "backward":
+        target = resolve_target(gpu)
+        plan = forward3d.plan(spec, x, w, r, device_name=target.spec().table_name, sm_count=target.sm_count)
+        dtype = _dtype_name(x.dtype)
+        if x.dtype == torch.float32:
+            dtype = "tf32" if _backend.uses_tf32(x.dtype, x.device) else "float32"
+        with ops.capture() as launches:
+            forward3d.run(plan, x, w, b, r)
+        for fn, grid, args, kwargs in launches:
+            records.append(_record(
+                layer=layer, direction="forward", operation=plan.kernel.operation, kernel=plan.kernel.name,
+                jit_name=fn.__name__, dispatch=plan.dispatch, fn=fn, grid=grid, args=args, kwargs=kwargs,
+                target=target, dtype=dtype, trips=plan.kernel.loop_trips(plan.spec, plan.config), flops=spec.flops,
+                elements=math.prod(plan.out_shape), element_unit="output"))
+    if direction != "forward":
+        records += inspect(x2, w2, b2, *conv2, activation=activation, residual=r2, direction="backward", gpu=gpu,
+                           layer=layer)
+    return records
+
+
 @contextlib.contextmanager
 def fp32_mode(mode: str | None):
     """Within: fp32 convolutions use TF32 (``mode`` "tf32") or IEEE fp32 ("float32"), as torch's
@@ -554,14 +600,16 @@ def fp32_mode(mode: str | None):
 def inspect_layer(layer, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None, *,
                   bias: bool = False, activation: str | None = None, direction: str = "forward",
                   name: str | None = None) -> list[LaunchRecord]:
-    """:func:`inspect` for a :class:`mcconv.tools.suites.Conv`; ``dtype`` also takes "tf32"."""
+    """:func:`inspect` (:func:`inspect3d` for a conv3d layer) of a layer of
+    :mod:`mcconv.tools.suites`; ``dtype`` also takes "tf32"."""
     from .problems import layer_tensors
 
     torch_dtype = "float32" if dtype == "tf32" else dtype
+    compile_call = inspect3d if layer.op == "conv3d" else inspect
     with fp32_mode(dtype if torch_dtype == "float32" else None):
         x, w, b = layer_tensors(layer, torch_dtype, layout, bias=bias)
-        return inspect(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups, activation=activation,
-                       direction=direction, gpu=gpu, layer=layer.name if name is None else name)
+        return compile_call(x, w, b, *layer.conv_args, activation=activation, direction=direction, gpu=gpu,
+                            layer=layer.name if name is None else name)
 
 
 def inspect_suite(layers, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None, *,

@@ -1,4 +1,4 @@
-"""``mcconv plan``: the cost model of one convolution and what mcconv would run for it.
+"""``mcconv plan``: the cost model of one convolution (conv2d or conv3d) and what mcconv would run for it.
 
 FLOPs count multiplications and additions separately (2*N*K*P*Q*(C/groups)*KH*KW); bytes
 count each tensor once (input, weight, output, bias): the least traffic any kernel needs, so
@@ -11,18 +11,18 @@ from dataclasses import dataclass
 
 import torch
 
-from mcconv import ACTIVATIONS, Dispatch, explain, registry
+from mcconv import ACTIVATIONS, Dispatch, registry
 
 from . import gpus
 from .problems import DTYPES, LAYOUTS, layer_tensors
-from .suites import Conv
+from .suites import Conv, Conv3dLayer
 
 
 @dataclass(frozen=True)
 class Analysis:
     """Cost model and dispatch of one convolution on one GPU model."""
 
-    layer: Conv
+    layer: Conv | Conv3dLayer
     dtype: str
     layout: str
     output_shape: tuple
@@ -90,7 +90,7 @@ class Analysis:
         }
 
 
-def analyze(layer: Conv, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None,
+def analyze(layer: Conv | Conv3dLayer, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None,
             *, bias: bool = False, activation: str | None = None) -> Analysis:
     """Cost model and dispatch of ``layer`` for the GPU named ``gpu`` (key or device name).
 
@@ -99,8 +99,7 @@ def analyze(layer: Conv, dtype: str = "float16", layout: str = "channels_last", 
     """
     device_name, spec = gpus.resolve_gpu(gpu)
     x, w, b = layer_tensors(layer, dtype, layout, bias=bias)
-    dispatch = explain(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups,
-                       activation=activation, device_name=device_name)
+    dispatch = layer.explain(x, w, b, activation=activation, device_name=device_name)
     size = x.element_size()
     out = dispatch.output_shape
     nbytes = {"input": x.numel() * size, "weight": w.numel() * size, "output": _numel(out) * size}
@@ -128,11 +127,11 @@ def format_analysis(a: Analysis, gpu_note: str = "") -> str:
     """The human-readable report that ``mcconv plan`` prints."""
     layer, spec = a.layer, a.layer.spec
     padding = spec.padding if not isinstance(layer.padding, str) else f"{layer.padding!r} = {spec.padding}"
-    lines = [f"conv2d    input {layer.input_shape} {a.dtype} {a.layout}, weight {layer.weight_shape}, "
-             f"stride {spec.stride}, padding {padding} (top, bottom, left, right), dilation {spec.dilation}, "
+    lines = [f"{layer.op:<9} input {layer.input_shape} {a.dtype} {a.layout}, weight {layer.weight_shape}, "
+             f"stride {spec.stride}, padding {padding} {layer.padding_order}, dilation {spec.dilation}, "
              f"groups {spec.groups}",
              f"output    {a.output_shape}",
-             f"FLOPs     {human(a.flops, 'FLOP')} ({a.flops:,} = 2*N*K*P*Q*(C/groups)*KH*KW)",
+             f"FLOPs     {human(a.flops, 'FLOP')} ({a.flops:,} = {layer.flops_formula})",
              "bytes     " + human(a.bytes, "B") + " (" + " + ".join(
                  f"{k} {human(v, 'B')}" for k, v in a.bytes_by_tensor.items()) + ", each moved once)",
              f"intensity {a.intensity:.1f} FLOP/byte"]
@@ -161,18 +160,27 @@ def ints(text: str, name: str, count: int | None = None) -> tuple:
     return values
 
 
-def layer_from_args(args, name: str = "plan") -> Conv:
-    """The :class:`Conv` that the command line's shape options describe.
+def layer_from_args(args, name: str = "plan"):
+    """The layer that the command line's shape options describe: a :class:`Conv`, or with 5-D
+    ``--input`` and ``--weight`` a :class:`Conv3dLayer` (a conv3d call).
 
-    stride, padding and dilation go to mcconv as given (padding "same", "valid", 1, 2 or 4
-    integers), so the library's own rules decide what is valid and what the output is.
+    stride, padding and dilation go to mcconv as given (padding "same", "valid", or integers:
+    1, 2 or 4 for conv2d, 1 or 3 for conv3d), so the library's own rules decide what is valid
+    and what the output is.
     """
-    n, c, h, w = ints(args.input, "--input", 4)
-    k, cg, kh, kw = ints(args.weight, "--weight", 4)
+    x, wt = ints(args.input, "--input"), ints(args.weight, "--weight")
     padding = args.padding if args.padding in ("same", "valid") else ints(args.padding, "--padding")
-    layer = Conv(name, n, c, h, w, k, kh, kw, ints(args.stride, "--stride"), padding, ints(args.dilation, "--dilation"),
-                 args.groups)
-    layer.spec  # noqa: B018 - validates as mcconv.conv2d would, raising its errors
+    stride, dilation = ints(args.stride, "--stride"), ints(args.dilation, "--dilation")
+    if len(x) == 5 and len(wt) == 5:
+        (n, c, d, h, w), (k, _, kd, kh, kw) = x, wt
+        layer = Conv3dLayer(name, n, c, d, h, w, k, kd, kh, kw, stride, padding, dilation, args.groups)
+    elif len(x) == 4 and len(wt) == 4:
+        (n, c, h, w), (k, _, kh, kw) = x, wt
+        layer = Conv(name, n, c, h, w, k, kh, kw, stride, padding, dilation, args.groups)
+    else:
+        raise ValueError(f"--input, --weight: expected N,C,H,W and K,C/g,KH,KW (conv2d) or N,C,D,H,W and "
+                         f"K,C/g,KD,KH,KW (conv3d), got {args.input!r} and {args.weight!r}")
+    layer.spec  # noqa: B018 - validates as mcconv would, raising its errors
     return layer
 
 
@@ -208,12 +216,13 @@ def plan_command(args) -> int:
 
 def add_shape_options(p) -> None:
     """The options that describe one convolution (plan and inspect)."""
-    p.add_argument("--input", required=True, help="input shape N,C,H,W (e.g. 32,64,56,56)")
-    p.add_argument("--weight", required=True, help="weight shape K,C/groups,KH,KW (e.g. 64,64,3,3)")
-    p.add_argument("--stride", default="1", help="int or 'h,w'")
+    p.add_argument("--input", required=True, help="input shape N,C,H,W (e.g. 32,64,56,56); N,C,D,H,W for conv3d")
+    p.add_argument("--weight", required=True, help="weight shape K,C/groups,KH,KW (e.g. 64,64,3,3); "
+                   "K,C/groups,KD,KH,KW for conv3d")
+    p.add_argument("--stride", default="1", help="int, 'h,w' (conv3d: 'd,h,w')")
     p.add_argument("--padding", default="0",
-                   help="int, 'h,w', 'top,bottom,left,right', 'same' or 'valid'")
-    p.add_argument("--dilation", default="1", help="int or 'h,w'")
+                   help="int, 'h,w', 'top,bottom,left,right', 'same' or 'valid' (conv3d: int, 'd,h,w', 'same', 'valid')")
+    p.add_argument("--dilation", default="1", help="int or 'h,w' (conv3d: 'd,h,w')")
     p.add_argument("--groups", type=int, default=1, help="channel groups")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="input, weight and output dtype")
     p.add_argument("--layout", choices=LAYOUTS, default="channels_last", help="memory format of input and weight")

@@ -7,16 +7,17 @@ import math
 
 import torch
 
-from .suites import Conv
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 LAYOUTS = ("channels_last", "contiguous")
 
 
-def memory_format(layout: str):
+def memory_format(layout: str, channels_last=torch.channels_last):
+    """The torch memory format of ``layout`` ("channels_last" is ``channels_last``, e.g. a 3-D
+    layer's ``torch.channels_last_3d``)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
-    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return channels_last if layout == "channels_last" else torch.contiguous_format
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -26,14 +27,15 @@ def dtype_of(name: str) -> torch.dtype:
         raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {name!r}") from None
 
 
-def layer_tensors(layer: Conv, dtype: str, layout: str, *, bias: bool = False, device="meta",
+def layer_tensors(layer, dtype: str, layout: str, *, bias: bool = False, device="meta",
                   requires_grad: bool = False, seed: int | None = 0):
-    """(input, weight, bias or None) of ``layer``; activations and weights laid out as ``layout``.
+    """(input, weight, bias or None) of ``layer`` (a :class:`Conv` or :class:`Conv3dLayer`);
+    activations and weights laid out as ``layout``.
 
     On the ``meta`` device only shapes, strides and dtypes exist (nothing is allocated).
     """
     dt = dtype_of(dtype)
-    fmt = memory_format(layout)
+    fmt = memory_format(layout, layer.memory_format)
     if torch.device(device).type == "meta":
         x = torch.empty(layer.input_shape, dtype=dt, device=device).to(memory_format=fmt)
         w = torch.empty(layer.weight_shape, dtype=dt, device=device).to(memory_format=fmt)
@@ -41,7 +43,7 @@ def layer_tensors(layer: Conv, dtype: str, layout: str, *, bias: bool = False, d
     else:
         if seed is not None:
             torch.manual_seed(seed)
-        fan_in = (layer.c // layer.groups) * layer.kh * layer.kw
+        fan_in = math.prod(layer.weight_shape[1:])
         x = torch.randn(layer.input_shape, device=device, dtype=dt).to(memory_format=fmt)
         w = (torch.randn(layer.weight_shape, device=device) / math.sqrt(fan_in)).to(dt).to(memory_format=fmt)
         b = torch.randn(layer.k, device=device, dtype=dt) if bias else None

@@ -1,14 +1,21 @@
 """Benchmark suites as data: the convolutions that ``mcconv bench`` times, ``tune`` tunes and
 ``inspect`` compiles.
 
-Each suite is a list of :class:`Conv` layers (NCHW sizes, square kernels unless noted);
-``count`` is how many times the layer occurs in the network, for weighting totals. Output
-sizes and FLOPs come from the library's own description of a call (:class:`mcconv.ConvSpec`),
-so a layer means exactly what ``mcconv.conv2d`` would make of it.
+Each suite is a list of layers: :class:`Conv` (a ``mcconv.conv2d`` call: NCHW sizes, square
+kernels unless noted) or :class:`Conv3dLayer` (a ``mcconv.conv3d`` call); ``count`` is how many
+times the layer occurs in the network, for weighting totals. Output sizes and FLOPs come from
+the library's own description of a call (:class:`mcconv.ConvSpec`, :class:`mcconv.Conv3dSpec`),
+so a layer means exactly what mcconv would make of it. The tools reach the operation only
+through a layer's ``op``, ``run``, ``torch_run`` and ``explain``, so a layer type is all a new
+operation needs here.
 """
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+import torch
+import torch.nn.functional as F
+
+import mcconv
 from mcconv import ConvSpec
 
 
@@ -70,11 +77,124 @@ class Conv:
     def with_batch(self, n: int) -> "Conv":
         return replace(self, n=n)
 
+    # -- what the tools call: the operation, torch's, and the dispatch record
+
+    op = "conv2d"
+    memory_format = torch.channels_last  # the "channels_last" layout of this layer's tensors
+    flops_formula = "2*N*K*P*Q*(C/groups)*KH*KW"
+    padding_order = "(top, bottom, left, right)"
+
+    @property
+    def conv_args(self) -> tuple:
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def run(self, x, w, b=None, activation=None):
+        return mcconv.conv2d(x, w, b, *self.conv_args, activation=activation)
+
+    def torch_run(self, x, w, b=None):
+        return F.conv2d(x, w, b, *self.conv_args)
+
+    def explain(self, x, w, b=None, *, activation=None, device_name=None, direction="forward"):
+        return mcconv.explain(x, w, b, *self.conv_args, activation=activation, device_name=device_name,
+                              direction=direction)
+
+
+@dataclass(frozen=True)
+class Conv3dLayer:
+    """One 3-D convolution problem (a ``mcconv.conv3d`` call): NCDHW sizes, (depth, height, width)
+    stride, padding (anything mcconv.conv3d takes) and dilation, groups."""
+
+    name: str
+    n: int
+    c: int
+    d: int
+    h: int
+    w: int
+    k: int
+    kd: int
+    kh: int
+    kw: int
+    stride: tuple = (1, 1, 1)
+    padding: tuple = (0, 0, 0)
+    dilation: tuple = (1, 1, 1)
+    groups: int = 1
+    count: int = 1
+
+    op = "conv3d"
+    memory_format = torch.channels_last_3d
+    flops_formula = "2*N*K*D*P*Q*(C/groups)*KD*KH*KW"
+    padding_order = "(front, back, top, bottom, left, right)"
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.n, self.c, self.d, self.h, self.w)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.k, self.c // self.groups, self.kd, self.kh, self.kw)
+
+    @cached_property
+    def spec(self):
+        """mcconv's description of this call (raises what mcconv.conv3d would raise)."""
+        from mcconv.conv3d import spec_from_shapes  # the module (mcconv.conv3d is the function)
+
+        return spec_from_shapes(self.input_shape, self.weight_shape, self.stride, self.padding, self.dilation,
+                                self.groups)
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.spec.output_shape
+
+    @property
+    def flops(self) -> int:
+        return self.spec.flops
+
+    @property
+    def conv_args(self) -> tuple:
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def describe(self) -> str:
+        """Compact shape text, e.g. ``4x64x16x56x56 * 128x64x3x3x3 s1 p1``."""
+        text = "x".join(map(str, self.input_shape)) + " * " + "x".join(map(str, self.weight_shape))
+        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
+        if self.dilation != (1, 1, 1):
+            text += f" d{_fmt(self.dilation)}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+    def with_batch(self, n: int) -> "Conv3dLayer":
+        return replace(self, n=n)
+
+    def run(self, x, w, b=None, activation=None):
+        return mcconv.conv3d(x, w, b, *self.conv_args, activation=activation)
+
+    def torch_run(self, x, w, b=None):
+        return F.conv3d(x, w, b, *self.conv_args)
+
+    def explain(self, x, w, b=None, *, activation=None, device_name=None, direction="forward"):
+        return mcconv.explain3d(x, w, b, *self.conv_args, activation=activation, device_name=device_name,
+                                direction=direction)
+
+    def im2col_layer(self, itemsize: int = 2) -> Conv:
+        """The 2-D problem of this call's depth im2col (:func:`mcconv.conv3d_views`) for a dtype of
+        ``itemsize`` bytes: a batch of N * D_out images of C * kD channels (one group's padded to
+        whole 16 bytes where the forward's im2col pads them). The depth kernel's gradients run on it; calls
+        of fewer than 16 channels per group run their forward on it too."""
+        from mcconv.conv3d import im2col_channels, takes_depth_kernel
+
+        spec = self.spec
+        channels = self.c * self.kd  # the depth kernel's gradient gathers without padding
+        if not takes_depth_kernel(spec):
+            channels = im2col_channels(channels, self.groups, itemsize)
+        return Conv(f"{self.name}.im2col", self.n * spec.od, channels, self.h, self.w, self.k, self.kh, self.kw,
+                    spec.stride[1:], spec.padding[2:], spec.dilation[1:], self.groups, self.count)
+
 
 def _fmt(value) -> str:
     if isinstance(value, str):
         return value
-    if len(value) == 2 and value[0] == value[1]:
+    if len(value) in (2, 3) and len(set(value)) == 1:
         return str(value[0])
     return ",".join(map(str, value))
 
@@ -205,12 +325,10 @@ def speech1d(batch: int = 8) -> list[Conv]:
     return layers
 
 
-def conv3d_layer(name, n, c, d, h, k, size, padding=1, count=1) -> Conv:
-    """A 3-D convolution (cubic kernel ``size``, stride 1, ``padding`` on every axis) as mcconv
-    runs it (mcconv.conv3d): the 2-D kernels on the depth im2col, a batch of N * D_out images
-    of C * kD channels (so ``n`` of the result counts images, not clips)."""
-    d_out = d + 2 * padding - size + 1
-    return Conv(name, n * d_out, c * size, h, h, k, size, size, (1, 1), (padding, padding), count=count)
+def conv3d_layer(name, n, c, d, h, k, size, padding=1, count=1) -> Conv3dLayer:
+    """A 3-D convolution: ``n`` clips of C x D x H x H, a cubic kernel ``size``, stride 1, ``padding``
+    on every axis."""
+    return Conv3dLayer(name, n, c, d, h, h, k, size, size, size, (1, 1, 1), (padding,) * 3, count=count)
 
 
 # C3D (Tran et al., "Learning Spatiotemporal Features with 3D Convolutional Networks", ICCV 2015,
@@ -221,10 +339,9 @@ _C3D = (("conv1a", 3, 16, 112, 64), ("conv2a", 64, 16, 56, 128), ("conv3a", 128,
         ("conv5a", 512, 2, 7, 512), ("conv5b", 512, 2, 7, 512))
 
 
-def video3d(batch: int = 4) -> list[Conv]:
-    """C3D's eight 3x3x3 convolutions on ``batch`` clips, each as the 2-D problem mcconv.conv3d
-    runs (the depth im2col: kD = 3 times the input's channels, N * D images). Benchmarks of
-    these time the 2-D kernel only, not conv3d's gather copy before it."""
+def video3d(batch: int = 4) -> list[Conv3dLayer]:
+    """C3D's eight 3x3x3 convolutions on ``batch`` clips, as mcconv.conv3d calls: conv1a (3
+    channels) runs as the depth im2col over the 2-D kernels, the others on the depth kernel."""
     return [conv3d_layer(f"c3d.{name}", batch, c, d, h, k, 3) for name, c, d, h, k in _C3D]
 
 
@@ -241,18 +358,24 @@ def get_suite(name: str, batch: int | None = None) -> list[Conv]:
     return make() if batch is None else make(batch)
 
 
-def parse_shape(text: str) -> Conv:
-    """An ad-hoc layer from ``N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]]``.
+def parse_shape(text: str):
+    """An ad-hoc layer from ``N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]]``, or a
+    3-D one from ``N,C,D,H,W:K,C/g,KD,KH,KW[:...]`` (stride, padding and dilation: one int each).
 
     Example: ``32,64,56,56:64,64,3,3:1:1``.
     """
     parts = text.split(":")
     try:
-        n, c, h, w = (int(v) for v in parts[0].split(","))
-        k, cg, kh, kw = (int(v) for v in parts[1].split(","))
+        x = tuple(int(v) for v in parts[0].split(","))
+        wt = tuple(int(v) for v in parts[1].split(","))
         stride, padding, groups, dilation = (int(parts[i]) if len(parts) > i and parts[i] else d
                                              for i, d in ((2, 1), (3, 0), (4, 1), (5, 1)))
+        if len(x) == len(wt) == 5:
+            (n, c, d, h, w), (k, _, kd, kh, kw) = x, wt
+            return Conv3dLayer("shape", n, c, d, h, w, k, kd, kh, kw, (stride,) * 3, (padding,) * 3, (dilation,) * 3,
+                               groups)
+        (n, c, h, w), (k, _, kh, kw) = x, wt
     except (ValueError, IndexError):
-        raise ValueError(f"--shape: expected N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]], "
-                         f"got {text!r}") from None
+        raise ValueError(f"--shape: expected N,C,H,W:K,C/g,KH,KW[:stride[:padding[:groups[:dilation]]]] "
+                         f"(or N,C,D,H,W:K,C/g,KD,KH,KW[:...] for conv3d), got {text!r}") from None
     return Conv("shape", n, c, h, w, k, kh, kw, (stride, stride), (padding, padding), (dilation, dilation), groups)

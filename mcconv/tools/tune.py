@@ -149,23 +149,75 @@ def _compile_only():
         JITFunction.run = original
 
 
-def layer_problems(layer: Conv, dtype: str, layout: str, device, kernels=None) -> list[Problem]:
+def layer_problems(layer, dtype: str, layout: str, device, kernels=None, *, skip_forward=False) -> list[Problem]:
     """The problems of a layer: each kernel its forward and backward launch (bias included, so
-    that the bias gradient's reduction is tuned too), with tensors allocated only when tuned."""
+    that the bias gradient's reduction is tuned too), with tensors allocated only when tuned.
+    A conv3d layer: see :func:`conv3d_problems`."""
+    if layer.op == "conv3d":
+        return conv3d_problems(layer, dtype, layout, device, kernels)
     # Shapes only (meta tensors) for a GPU, whose rules they follow; off the GPU (tests with a fake
     # timer) the interpreter's rules differ (no TF32), so the keys come from real CPU tensors.
-    probe = "meta" if torch.device(device).type == "cuda" else device
+    probe = _probe(device)
     x, w, b = layer_tensors(layer, dtype, layout, bias=True, device=probe)
     args = (layer.stride, layer.padding, layer.dilation, layer.groups)
     found = []
     for plan in mcconv.plans(x, w, b, *args, direction="all"):
         table = plan.kernel.table_name
-        if kernels is not None and table not in kernels:
+        if (kernels is not None and table not in kernels) or (skip_forward and plan.kernel.operation == registry.FORWARD):
             continue
         problem = Problem(table, plan.key, plan.spec.dtype_key, layer, dict(plan.limits))
         problem.build = _builder(problem, plan.kernel.operation, layer, dtype, layout, device, args)
         found.append(problem)
     return found
+
+
+def _probe(device) -> str:
+    return "meta" if torch.device(device).type == "cuda" else device
+
+
+def _conv3d_plan(layer, x, w):
+    from mcconv.conv3d import _describe, _validated
+    from mcconv.ops import forward3d
+
+    options = _validated(x, w, None, *layer.conv_args, None)[4]
+    return forward3d.plan(_describe(x, w, None, None, None, options), x, w)
+
+
+def conv3d_problems(layer, dtype: str, layout: str, device, kernels=None) -> list[Problem]:
+    """A conv3d layer's problems: the depth kernel's forward, tuned on the 3-D call itself (it
+    writes conv_direct's table, which it shares), when the call takes that kernel; and the 2-D
+    problems of its depth im2col (:meth:`Conv3dLayer.im2col_layer`), which its gradient runs
+    (and its forward, for fewer than 16 channels per group)."""
+    from mcconv.conv3d import takes_depth_kernel
+    from mcconv.ops import forward3d
+
+    depth = takes_depth_kernel(layer.spec)
+    found = layer_problems(layer.im2col_layer(DTYPES[dtype].itemsize), dtype, layout, device, kernels,
+                           skip_forward=depth)
+    if not depth:
+        return found
+    x, w, _ = layer_tensors(layer, dtype, layout, device=_probe(device))
+    plan = _conv3d_plan(layer, x, w)
+    if kernels is not None and plan.kernel.table_name not in kernels:
+        return found
+    problem = Problem(plan.kernel.table_name, plan.key, plan.spec.dtype_key, layer, dict(plan.limits))
+
+    def build():
+        x, w, _ = layer_tensors(layer, dtype, layout, device=device)
+        base = _conv3d_plan(layer, x, w)
+
+        def run(config):
+            return forward3d.run(base.with_config(config), x, w)
+
+        def warmup(config):
+            with _compile_only():
+                run(config)
+
+        problem.run, problem.warmup = run, warmup
+        problem.reference = lambda: F.conv3d(x, w, None, *layer.conv_args)
+
+    problem.build = build
+    return [problem, *found]
 
 
 def _builder(problem: Problem, operation: str, layer: Conv, dtype: str, layout: str, device, args):
