@@ -1,4 +1,4 @@
-"""Host-side cost of one eager mcconv.conv2d call, kernel launch stubbed out (runs on the CPU).
+"""Host-side cost of one eager mcconv.conv2d (and conv3d) call, kernel launch stubbed out (runs on the CPU).
 
     TRITON_INTERPRET=1 python benchmarks/launch_overhead.py
 
@@ -41,6 +41,16 @@ def main() -> None:
     per_call = min(timeit.repeat(lambda: mcconv.conv2d(xg, w, b, padding=1, activation="relu"), number=n,
                                  repeat=5)) / n
     print(f"mcconv.conv2d, autograd forward (op dispatch, launch stubbed): {per_call * 1e6:.1f} us per call")
+    # conv3d on the depth kernel: its validation, description and plan lookup per call
+    x3 = torch.randn(2, 16, 4, 14, 14).to(memory_format=torch.channels_last_3d)
+    w3 = torch.randn(16, 16, 3, 3, 3).to(memory_format=torch.channels_last_3d)
+    mcconv.conv3d(x3, w3, b, padding=1, activation="relu")
+    for plan in set(_plan._plans.values()):
+        object.__setattr__(plan, "fn", _NoLaunch())
+    n = 20000
+    per_call = min(timeit.repeat(lambda: mcconv.conv3d(x3, w3, b, padding=1, activation="relu"), number=n,
+                                 repeat=5)) / n
+    print(f"mcconv.conv3d (depth kernel), inference (launch stubbed): {per_call * 1e6:.1f} us per call")
 
 
 if __name__ == "__main__":

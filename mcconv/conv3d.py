@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _autograd, _backend
-from ._plan import follows_channels_last, option_key
+from ._plan import follows_channels_last, option_key, tensor_key
 from ._spec import Conv3dSpec, ConvArgumentError, ConvTypeError, _is_int, check_groups, check_like, check_tensor
 from .epilogue import activation as _activation
 from .ops import forward3d
@@ -475,10 +475,8 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     Autograd (input, weight, bias, residual), ``torch.compile(fullgraph=True)`` and autocast
     work on both.
     """
-    act = _activation(activation)  # validates before anything is copied
-    input, weight, bias, residual, options = _validated(input, weight, bias, stride, padding, dilation, groups,
-                                                        residual)
-    spec = _describe(input, weight, bias, residual, act, options)
+    input, weight, bias, residual, options, spec = _call(input, weight, bias, stride, padding, dilation, groups,
+                                                         activation, residual)
     if takes_depth_kernel(spec):
         return _depth_kernel(spec, input, weight, bias, residual)
     x2, w2, b, stride, padding, dilation, groups, r2, layout = _views(input, weight, bias, residual, options)
@@ -488,6 +486,38 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if y.stride() != _new_strides(tuple(y.shape), channels_last):  # torch's strides, size-1 axes included
         y = y.clone(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
     return y.squeeze(0) if unbatched else y
+
+
+_calls: dict = {}  # a call's metadata -> (options, spec): validated and described once per kind of call
+
+
+def _call(input, weight, bias, stride, padding, dilation, groups, activation, residual) -> tuple:
+    """``(input, weight, bias, residual, options, spec)`` of a conv3d call: validated (raising for
+    anything torch refuses) and described on the first call of a kind, then found by the call's
+    metadata, as conv2d's plans are (nothing derived from tensor values). Under autocast (the
+    tensors are cast first) and ``torch.compile`` (traced once) it is not cached."""
+    key = None
+    if isinstance(input, Tensor) and isinstance(weight, Tensor) and not torch.compiler.is_compiling() \
+            and _autograd._autocast_dtype(input.device.type) is None:
+        try:
+            key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.stride(), weight.dtype,
+                   weight.device, tensor_key(bias), tensor_key(residual), option_key(stride), option_key(padding),
+                   option_key(dilation), option_key(groups), activation, _backend.uses_tf32(input.dtype, input.device))
+            found = _calls[key]
+            return (input, weight, bias, residual, *found)
+        except KeyError:
+            pass
+        except (AttributeError, TypeError):  # not tensors, or an unhashable option: validation says what
+            key = None
+    act = _activation(activation)  # validates before anything is copied
+    input, weight, bias, residual, options = _validated(input, weight, bias, stride, padding, dilation, groups,
+                                                        residual)
+    found = (options, _describe(input, weight, bias, residual, act, options))
+    if key is not None:
+        if len(_calls) >= _MAX_CHECKED:
+            _calls.clear()
+        _calls[key] = found
+    return (input, weight, bias, residual, *found)
 
 
 def _depth_kernel(spec, input, weight, bias, residual):
