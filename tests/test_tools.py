@@ -216,6 +216,34 @@ def test_bench_rows_of_a_conv3d_layer_on_cpu():
         assert all(r["rel_error"] < 1e-4 for r in rows)
 
 
+def test_transposed_layers_plan_bench_and_tune(capsys):
+    """conv_transpose2d calls in the tools: the decoder2d suite, plan --transposed, bench's checked
+    rows (fake timer), and tune's problems (those of the convolution it transposes)."""
+    dec = suites.get_suite("decoder2d")
+    assert [layer.output_shape for layer in dec[:5]] == [(64, 512, 4, 4), (64, 256, 8, 8), (64, 128, 16, 16),
+                                                        (64, 64, 32, 32), (64, 3, 64, 64)]  # DCGAN's 64x64 RGB
+    assert dec[5].output_shape == (8, 512, 56, 56) and len(dec) == 9
+    for layer in dec:  # FLOPs: each input pixel times each weight
+        assert layer.flops == 2 * math.prod(layer.input_shape) * math.prod(layer.weight_shape[1:])
+        x, w, _ = layer_tensors(layer, "float16", "channels_last")
+        assert layer.explain(x, w).output_shape == layer.output_shape
+    assert main(["plan", "--transposed", "--input", "2,64,7,7", "--weight", "64,32,4,4", "--stride", "2",
+                 "--padding", "1", "--output-padding", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("conv_transpose2d input (2, 64, 7, 7)") and "output    (2, 32, 15, 15)" in out
+    assert "conv_dgrad" in out
+    tiny = [suites.ConvTranspose2dLayer("up", 1, 8, 3, 4, 6, 3, 3, (2, 2), (1, 1), (1, 0)),
+            suites.ConvTranspose2dLayer("up1x1", 1, 16, 3, 3, 8, 1, 1)]
+    for direction in ("forward", "backward"):
+        rows = bench.run_rows(tiny, "float32", "channels_last", direction=direction, device="cpu",
+                              timer=FakeTimer(), activation="relu")
+        assert [r["status"] for r in rows] == ["ok", "ok"], rows
+        assert [r["kernel"] for r in rows] == ["conv_dgrad", "gemm_1x1_dgrad"]
+    problems = tune.layer_problems(tiny[0], "float32", "channels_last", "cpu")
+    assert [p.key for p in problems] == [p.key for p in tune.layer_problems(tiny[0].forward_layer(), "float32",
+                                                                             "channels_last", "cpu")]
+
+
 def test_tune_problems_of_a_conv3d_layer():
     """The depth kernel's forward is tuned on the 3-D call (conv_direct's table, which it shares);
     its gradient's kernels on the depth im2col's 2-D problem."""

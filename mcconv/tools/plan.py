@@ -15,14 +15,14 @@ from mcconv import ACTIVATIONS, Dispatch, registry
 
 from . import gpus
 from .problems import DTYPES, LAYOUTS, layer_tensors
-from .suites import Conv, Conv3dLayer
+from .suites import Conv, Conv3dLayer, ConvTranspose2dLayer
 
 
 @dataclass(frozen=True)
 class Analysis:
     """Cost model and dispatch of one convolution on one GPU model."""
 
-    layer: Conv | Conv3dLayer
+    layer: Conv | Conv3dLayer | ConvTranspose2dLayer
     dtype: str
     layout: str
     output_shape: tuple
@@ -90,7 +90,7 @@ class Analysis:
         }
 
 
-def analyze(layer: Conv | Conv3dLayer, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None,
+def analyze(layer: Conv | Conv3dLayer | ConvTranspose2dLayer, dtype: str = "float16", layout: str = "channels_last", gpu: str | None = None,
             *, bias: bool = False, activation: str | None = None) -> Analysis:
     """Cost model and dispatch of ``layer`` for the GPU named ``gpu`` (key or device name).
 
@@ -160,9 +160,14 @@ def ints(text: str, name: str, count: int | None = None) -> tuple:
     return values
 
 
+def _pair(values) -> tuple:
+    return values * 2 if len(values) == 1 else values
+
+
 def layer_from_args(args, name: str = "plan"):
     """The layer that the command line's shape options describe: a :class:`Conv`, or with 5-D
-    ``--input`` and ``--weight`` a :class:`Conv3dLayer` (a conv3d call).
+    ``--input`` and ``--weight`` a :class:`Conv3dLayer` (a conv3d call), with ``--transposed`` a
+    :class:`ConvTranspose2dLayer` (a conv_transpose2d call: weight C,K/groups,KH,KW).
 
     stride, padding and dilation go to mcconv as given (padding "same", "valid", or integers:
     1, 2 or 4 for conv2d, 1 or 3 for conv3d), so the library's own rules decide what is valid
@@ -171,7 +176,15 @@ def layer_from_args(args, name: str = "plan"):
     x, wt = ints(args.input, "--input"), ints(args.weight, "--weight")
     padding = args.padding if args.padding in ("same", "valid") else ints(args.padding, "--padding")
     stride, dilation = ints(args.stride, "--stride"), ints(args.dilation, "--dilation")
-    if len(x) == 5 and len(wt) == 5:
+    if getattr(args, "transposed", False):
+        if len(x) != 4 or len(wt) != 4 or isinstance(padding, str):
+            raise ValueError(f"--transposed: expected N,C,H,W, C,K/g,KH,KW and integer padding, got {args.input!r}, "
+                             f"{args.weight!r} and {args.padding!r}")
+        (n, c, h, w), (_, kg, kh, kw) = x, wt
+        layer = ConvTranspose2dLayer(name, n, c, h, w, kg * args.groups, kh, kw, _pair(stride), _pair(padding),
+                                     _pair(ints(args.output_padding, "--output-padding")), _pair(dilation),
+                                     args.groups)
+    elif len(x) == 5 and len(wt) == 5:
         (n, c, d, h, w), (k, _, kd, kh, kw) = x, wt
         layer = Conv3dLayer(name, n, c, d, h, w, k, kd, kh, kw, stride, padding, dilation, args.groups)
     elif len(x) == 4 and len(wt) == 4:
@@ -224,6 +237,9 @@ def add_shape_options(p) -> None:
                    help="int, 'h,w', 'top,bottom,left,right', 'same' or 'valid' (conv3d: int, 'd,h,w', 'same', 'valid')")
     p.add_argument("--dilation", default="1", help="int or 'h,w' (conv3d: 'd,h,w')")
     p.add_argument("--groups", type=int, default=1, help="channel groups")
+    p.add_argument("--transposed", action="store_true",
+                   help="a transposed convolution (conv_transpose2d): weight C,K/groups,KH,KW")
+    p.add_argument("--output-padding", default="0", help="with --transposed: int or 'h,w'")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="input, weight and output dtype")
     p.add_argument("--layout", choices=LAYOUTS, default="channels_last", help="memory format of input and weight")
     p.add_argument("--bias", action="store_true", help="with a bias (K elements)")

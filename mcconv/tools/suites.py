@@ -191,6 +191,101 @@ class Conv3dLayer:
                     spec.stride[1:], spec.padding[2:], spec.dilation[1:], self.groups, self.count)
 
 
+@dataclass(frozen=True)
+class ConvTranspose2dLayer:
+    """One transposed convolution (a ``mcconv.conv_transpose2d`` call): input ``(N, C, H, W)``,
+    weight ``(C, K / groups, KH, KW)``, output ``(N, K, H_out, W_out)``; stride, padding,
+    output_padding and dilation as (height, width) pairs.
+
+    mcconv runs it as the input gradient of the convolution it transposes (:meth:`forward_layer`:
+    input ``(N, K, H_out, W_out)``, weight the same tensor, output ``(N, C, H, W)``), so its
+    FLOPs, its spec and its tuning problems are that convolution's."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    kh: int
+    kw: int
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    output_padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    count: int = 1
+
+    op = "conv_transpose2d"
+    memory_format = torch.channels_last
+    flops_formula = "2*N*C*H*W*(K/groups)*KH*KW (the transposed convolution's)"
+    padding_order = "(top, bottom, left, right) of the convolution it transposes"
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.c, self.k // self.groups, self.kh, self.kw)
+
+    @property
+    def output_hw(self) -> tuple:
+        return tuple((size - 1) * s - 2 * p + d * (k - 1) + o + 1 for size, s, p, d, k, o in zip(
+            (self.h, self.w), self.stride, self.padding, self.dilation, (self.kh, self.kw), self.output_padding))
+
+    @property
+    def output_shape(self) -> tuple:
+        return (self.n, self.k, *self.output_hw)
+
+    def forward_layer(self) -> Conv:
+        """The convolution this call transposes (its input gradient is this call)."""
+        return Conv(f"{self.name}.forward", self.n, self.k, *self.output_hw, self.c, self.kh, self.kw, self.stride,
+                    self.padding, self.dilation, self.groups, self.count)
+
+    @cached_property
+    def spec(self) -> ConvSpec:
+        """The transposed convolution's description (that of :meth:`forward_layer`); raises what
+        mcconv would raise for an invalid geometry."""
+        if min(self.output_hw) < 1:
+            raise ValueError(f"{self.name}: the output would be {self.output_hw}: empty")
+        return self.forward_layer().spec
+
+    @property
+    def flops(self) -> int:
+        return self.spec.flops
+
+    @property
+    def conv_args(self) -> tuple:
+        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def describe(self) -> str:
+        """Compact shape text, e.g. ``8x64x14x14 T* 64x32x4x4 s2 p1``."""
+        text = "x".join(map(str, self.input_shape)) + " T* " + "x".join(map(str, self.weight_shape))
+        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
+        if any(self.output_padding):
+            text += f" o{_fmt(self.output_padding)}"
+        if self.dilation != (1, 1):
+            text += f" d{_fmt(self.dilation)}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+    def with_batch(self, n: int) -> "ConvTranspose2dLayer":
+        return replace(self, n=n)
+
+    def run(self, x, w, b=None, activation=None):
+        return mcconv.conv_transpose2d(x, w, b, *self.conv_args, activation=activation)
+
+    def torch_run(self, x, w, b=None):
+        return F.conv_transpose2d(x, w, b, *self.conv_args)
+
+    def explain(self, x, w, b=None, *, activation=None, device_name=None, direction="forward"):
+        if direction != "forward":  # the backward's kernels: the transposed convolution's own pair
+            raise ValueError("explain of a transposed convolution: forward only")
+        return mcconv.explain_transpose2d(x, w, b, *self.conv_args, activation=activation, device_name=device_name)
+
+
 def _fmt(value) -> str:
     if isinstance(value, str):
         return value
@@ -345,8 +440,23 @@ def video3d(batch: int = 4) -> list[Conv3dLayer]:
     return [conv3d_layer(f"c3d.{name}", batch, c, d, h, k, 3) for name, c, d, h, k in _C3D]
 
 
+def decoder2d(batch: int = 8) -> list[ConvTranspose2dLayer]:
+    """Transposed convolutions of two decoders: the DCGAN generator of pytorch/examples
+    (dcgan/main.py: ngf = 64, 4x4 kernels, a 100-d code to 64x64 RGB; ``batch`` x 8 images, its
+    default batch of 64) and U-Net's four 2x2 stride-2 up-convolutions (Ronneberger et al.,
+    MICCAI 2015, Fig. 1: 1024 -> 512 channels at 28x28 up to 128 -> 64 at 196x196)."""
+    n = batch * 8
+    layers = [ConvTranspose2dLayer("dcgan.up1", n, 100, 1, 1, 512, 4, 4)]
+    for i, (c, h) in enumerate(((512, 4), (256, 8), (128, 16)), 2):
+        layers.append(ConvTranspose2dLayer(f"dcgan.up{i}", n, c, h, h, c // 2, 4, 4, (2, 2), (1, 1)))
+    layers.append(ConvTranspose2dLayer("dcgan.up5", n, 64, 32, 32, 3, 4, 4, (2, 2), (1, 1)))
+    for i, (c, h) in enumerate(((1024, 28), (512, 52), (256, 100), (128, 196)), 1):
+        layers.append(ConvTranspose2dLayer(f"unet.upconv{i}", batch, c, h, h, c // 2, 2, 2, (2, 2)))
+    return layers
+
+
 SUITES = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "deepbench": deepbench, "seed": seed,
-          "speech1d": speech1d, "video3d": video3d}
+          "speech1d": speech1d, "video3d": video3d, "decoder2d": decoder2d}
 
 
 def get_suite(name: str, batch: int | None = None) -> list[Conv]:

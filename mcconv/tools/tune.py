@@ -155,6 +155,8 @@ def layer_problems(layer, dtype: str, layout: str, device, kernels=None, *, skip
     A conv3d layer: see :func:`conv3d_problems`."""
     if layer.op == "conv3d":
         return conv3d_problems(layer, dtype, layout, device, kernels)
+    if layer.op == "conv_transpose2d":  # the input gradient of the convolution it transposes: that one's kernels
+        return layer_problems(layer.forward_layer(), dtype, layout, device, kernels, skip_forward=skip_forward)
     # Shapes only (meta tensors) for a GPU, whose rules they follow; off the GPU (tests with a fake
     # timer) the interpreter's rules differ (no TF32), so the keys come from real CPU tensors.
     probe = _probe(device)
