@@ -27,14 +27,16 @@ copied back: mcconv/ops/input_grad.py); B = W[k, c] through its strides: a chann
 and every weight under tf32 (wgmma tf32 takes K-major operands only), into (kH, kW, C/g, K)
 order (k contiguous, K-major: mcconv._pack.dgrad_packed), W_K_MAJOR telling which. Alignment
 facts the compiler cannot see (e.g. that a 24-channel row is 16-byte aligned in fp16) come from
-the host as A_ALIGN / B_ALIGN / D_ALIGN (elements; D: dX's rows), and K_ALIGN / C_ALIGN (powers of two dividing K/g and
-C/g) compile out the masks of reduction and column blocks that never cut the extent.
+the host as A_ALIGN / B_ALIGN / D_ALIGN / R_ALIGN (elements; D: dX's rows, R: the residual's),
+and K_ALIGN / C_ALIGN (powers of two dividing K/g and C/g) compile out the masks of reduction and
+column blocks that never cut the extent.
 
 The epilogue is the forward's (kernels/common.py epilogue_store), the bias indexed by the output
 column (the input channel c): HAS_BIAS, ACTIVATION, STORE_PREACT and HAS_RESIDUAL (residual read
 through stride_r*) are off for the input gradient (compiled out); they make this kernel the
-transposed convolution with the forward's fused epilogue (tests/test_conv_dgrad_rework.py shows
-the call: conv_transpose2d(x, w, b) is the input gradient of conv2d with weight w for dL/dz = x).
+transposed convolution with the forward's fused epilogue: mcconv.conv_transpose2d(x, w, b, ...,
+activation=, residual=) is the input gradient of conv2d with weight w for dL/dz = x, plus that
+epilogue, in this one launch (mcconv/transpose.py).
 """
 import triton
 import triton.language as tl
@@ -110,8 +112,8 @@ def conv2d_dgrad_kernel(
     # meta-parameters
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, TAP_BITS: tl.constexpr,
-    A_ALIGN: tl.constexpr, B_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, W_K_MAJOR: tl.constexpr,
-    K_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
+    A_ALIGN: tl.constexpr, B_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
+    W_K_MAJOR: tl.constexpr, K_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (cdiv(N * cdiv(H, stride_h) * cdiv(W, stride_w), BLOCK_M) * cdiv(C_PER_GROUP, BLOCK_N)
@@ -230,9 +232,10 @@ def conv2d_dgrad_kernel(
                              D_ALIGN)
     mask = mask_m[:, None] & col_ok[None, :]
     dx_offsets = dx_rows[:, None] + (offs_c * stride_dxc)[None, :]
-    if HAS_RESIDUAL:
-        in_channel = group * C_PER_GROUP + offs_c
-        r_offsets = (n * stride_rn + h * stride_rh + w * stride_rw)[:, None] + (in_channel * stride_rc)[None, :]
+    if HAS_RESIDUAL:  # read through its own strides, its rows hinted as dX's (R_ALIGN)
+        r_rows = tl.multiple_of(n * stride_rn + h * stride_rh + w * stride_rw + group * C_PER_GROUP * stride_rc,
+                                R_ALIGN)
+        r_offsets = r_rows[:, None] + (offs_c * stride_rc)[None, :]
     else:
         r_offsets = dx_offsets  # unused: the epilogue's residual branch is compiled out
     epilogue_store(acc, dx_ptr, z_ptr, dx_offsets, mask, bias_ptr + group * C_PER_GROUP, offs_c, mask_c,

@@ -3,19 +3,32 @@
 The forward of a transposed convolution is the input gradient of the ordinary convolution it
 transposes: for ``w`` of shape ``(C_in, C_out / groups, kH, kW)``, ``conv_transpose2d(x, w)`` is
 dL/dinput of ``conv2d(input, w)`` (``input`` of shape ``(N, C_out, H_out, W_out)``) given
-dL/dz = ``x``. It runs on mcconv's input-gradient kernels (:func:`mcconv.ops.conv2d_input_grad`),
-with ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``.
+dL/dz = ``x``. It runs on mcconv's input-gradient kernels (mcconv/ops/input_grad.py), with
+``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``, and
+``y = act(conv_transpose2d(x, w) + bias + residual)`` is ONE launch: the bias (per output
+channel), the residual (the output's shape, any strides) and the activation are the kernel's
+epilogue, the forward convolution's (``conv_dgrad``; ``gemm_1x1_dgrad`` for 1x1 stride-1 calls,
+whose split reduction applies it in its second pass). As for the input gradient, ``conv_dgrad``
+reads and writes channels_last: an NCHW input is copied before the launch and the output after
+it. ``depthwise_dgrad`` (one output channel per group) has no epilogue: there the op applies it
+with torch after the kernel.
 
-Its backward, by the same duality: dL/dx is the ordinary convolution of dL/dy with ``w``
-(mcconv's forward kernels), dL/dw the weight gradient of that convolution with the roles of
-the tensors exchanged (``grad_z = x``, ``input = dL/dy``), dL/dbias the sum of dL/dy.
+Its backward, by the same duality, from dL/dz (dL/dy through the activation, fused with the bias
+sum): dL/dx is the ordinary convolution of dL/dz with ``w`` (mcconv's forward kernels), dL/dw the
+weight gradient of that convolution with the roles of the tensors exchanged (its ``grad_z = x``,
+its ``input = dL/dz``), dL/dbias the sum of dL/dz, dL/dresidual = dL/dz.
 
-One custom op, ``mcconv::conv_transpose2d(input, weight, bias?, stride, padding, output_padding,
-dilation, groups) -> y`` (``padding`` and ``output_padding`` as (height, width) pairs,
-``output_padding < stride`` per axis), with a fake implementation, autograd and autocast, so
-``torch.library.opcheck`` and ``torch.compile(fullgraph=True)`` see it as one node. Nothing is
-fused into the kernel's epilogue: the op adds the bias to the kernel's output, and the residual
-and the activation are *composed* after the op with plain torch, so autograd through them is torch's.
+Custom ops, with fake implementations, autograd and autocast, so that ``torch.library.opcheck``
+and ``torch.compile(fullgraph=True)`` see one node (``padding`` and ``output_padding`` as
+(height, width) pairs, ``output_padding < stride`` per axis; ``activation`` "none" or a name):
+
+* ``mcconv::conv_transpose2d(input, weight, bias?, stride, padding, output_padding, dilation,
+  groups, activation="none", residual?=None) -> y``;
+* ``mcconv::conv_transpose2d_preact(...same...) -> (y, z)``, z the pre-activation, stored by the
+  same launch (``STORE_PREACT``): :func:`conv_transpose2d` takes it when a gradient will be taken
+  through silu, gelu or hardswish, whose derivatives read z. Storing z costs one more write of the
+  output; recomputing it would cost a second transposed convolution in the backward, which only
+  a direct call of ``mcconv::conv_transpose2d`` with such an activation pays.
 
 torch also accepts ``stride <= output_padding < dilation``; the op never sees it: such a call is
 the same transposed convolution of the input padded with ``output_padding // stride`` zero
@@ -28,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops
-from ._autograd import (_NO_ACT, _autocast_cast, _autocast_dtype, _plain_eager, conv2d_bias_grad_op, conv2d_op,
-                        conv2d_weight_grad_op)
+from ._autograd import (_NO_ACT, _act, _activation_backward, _autocast_cast, _autocast_dtype, _plain_eager,
+                        activation_grad_op, conv2d_bias_grad_op, conv2d_op, conv2d_weight_grad_op)
 from ._plan import contiguous_strides
 from ._spec import (ConvArgumentError, ConvTypeError, _is_int, _positive_int, check_like, check_tensor,
                     output_channels_last)
 from .epilogue import activation as _activation
+from .ops import input_grad
 
 
 # --------------------------------------------------------------------------- shapes
@@ -53,83 +66,166 @@ def _output_shape(input_shape, weight_shape, stride, padding, output_padding, di
     return [*lead, weight_shape[1] * groups, *size]
 
 
-# --------------------------------------------------------------------------- the custom op
+# --------------------------------------------------------------------------- the custom ops
 
-def _output_strides(input, weight, shape) -> tuple:
+def _output_channels_last(input, weight) -> bool:
     """torch's layout of the output: channels_last when the input or the weight suggests it (an
     unbatched input read as its unsqueeze(0)), as for mcconv.conv2d and CUDA/CPU conv_transpose2d."""
-    return contiguous_strides(shape, output_channels_last(input.shape, input.stride(), weight.shape, weight.stride()))
+    return output_channels_last(input.shape, input.stride(), weight.shape, weight.stride())
 
 
-def _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups) -> Tensor:
+def _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups, activation,
+                           residual, preact=False):
+    """The input-gradient launch with the epilogue: y, or (y, z) with ``preact``."""
     shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
-    y = ops.conv2d_input_grad(input, weight, tuple(shape), tuple(stride), _pad4(padding), tuple(dilation), groups)
-    strides = _output_strides(input, weight, shape)
-    if y.stride() != strides:  # the launcher follows the input's layout only; the fake states torch's
-        y = torch.empty_strided(shape, strides, dtype=y.dtype, device=y.device).copy_(y)
-    if bias is not None:
-        y.add_(bias.view(-1, 1, 1))  # y is a fresh tensor
-    return y
+    plan = input_grad.plan(input, weight, tuple(shape), tuple(stride), _pad4(padding), tuple(dilation), groups,
+                           bias=bias, activation=_act(activation), residual=residual,
+                           channels_last=_output_channels_last(input, weight))
+    return input_grad.run(plan, input, weight, bias, residual, preact=preact)
+
+
+def _empty_output(input, weight, stride, padding, output_padding, dilation, groups) -> Tensor:
+    shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    strides = contiguous_strides(shape, _output_channels_last(input, weight))
+    return torch.empty_strided(shape, strides, dtype=input.dtype, device=input.device)
 
 
 @torch.library.custom_op("mcconv::conv_transpose2d", mutates_args=())
 def conv_transpose2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
-                        padding: list[int], output_padding: list[int], dilation: list[int], groups: int) -> Tensor:
-    """``conv_transpose2d(input, weight) + bias`` on the input-gradient kernels (normalised arguments:
-    pairs, ``output_padding < stride``)."""
-    return _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups)
+                        padding: list[int], output_padding: list[int], dilation: list[int], groups: int,
+                        activation: str = _NO_ACT, residual: Optional[Tensor] = None) -> Tensor:
+    """``act(conv_transpose2d(input, weight) + bias + residual)`` in one input-gradient launch
+    (normalised arguments: pairs, ``output_padding < stride``; activation "none" or a name)."""
+    return _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups,
+                                  activation, residual)
 
 
 @conv_transpose2d_op.register_fake
-def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding, dilation, groups):
-    shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
-    return torch.empty_strided(shape, _output_strides(input, weight, shape), dtype=input.dtype, device=input.device)
+def _conv_transpose2d_fake(input, weight, bias, stride, padding, output_padding, dilation, groups,
+                           activation=_NO_ACT, residual=None):
+    return _empty_output(input, weight, stride, padding, output_padding, dilation, groups)
+
+
+@torch.library.custom_op("mcconv::conv_transpose2d_preact", mutates_args=())
+def conv_transpose2d_preact_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                               padding: list[int], output_padding: list[int], dilation: list[int], groups: int,
+                               activation: str = _NO_ACT,
+                               residual: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``(y, z)``: :func:`conv_transpose2d_op`'s y and its pre-activation ``z = conv_transpose2d(input,
+    weight) + bias (+ residual)``, both stored by the same launch (silu's, gelu's and hardswish's
+    derivatives read z)."""
+    y, z = _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, dilation, groups,
+                                  activation, residual, preact=True)
+    if z is y:  # no activation: y == z, but a custom op's outputs may not alias each other
+        z = y.clone()
+    return y, z
+
+
+@conv_transpose2d_preact_op.register_fake
+def _conv_transpose2d_preact_fake(input, weight, bias, stride, padding, output_padding, dilation, groups,
+                                  activation=_NO_ACT, residual=None):
+    return (_empty_output(input, weight, stride, padding, output_padding, dilation, groups),
+            _empty_output(input, weight, stride, padding, output_padding, dilation, groups))
+
+
+# The backward: dL/dz through the activation (fused with the bias sum, mcconv._autograd's ops),
+# then, by duality, dL/dx the convolution this op transposes applied to dL/dz, dL/dw that
+# convolution's weight gradient with the roles exchanged, dL/dresidual = dL/dz. Input indices:
+# (input, weight, bias, stride, padding, output_padding, dilation, groups, activation, residual).
+
+def _setup(ctx, inputs, saved_act, keep_operands=False):
+    input, weight, bias, stride, padding, output_padding, dilation, groups, activation, residual = inputs
+    ctx.conv_args = (list(stride), list(_pad4(padding)), list(dilation), groups)
+    ctx.transpose_args = (stride, padding, output_padding, dilation, groups)
+    ctx.activation = activation
+    ctx.weight_shape = list(weight.shape)
+    needs = ctx.needs_input_grad
+    # dL/dx needs the weight, dL/dw the input: keep only what will be used (a backward that
+    # recomputes z needs both, and the bias and residual).
+    ctx.save_for_backward(input if needs[1] or keep_operands else None,
+                          weight if needs[0] or keep_operands else None, saved_act,
+                          residual if keep_operands else None)
+
+
+def _transpose_grads(ctx, grad_z, grad_bias):
+    """The op's input gradients given dL/dz: only those autograd asks for."""
+    input, weight = ctx.saved_tensors[:2]
+    stride, padding, dilation, groups = ctx.conv_args
+    needs = ctx.needs_input_grad
+    grad_input = grad_weight = None
+    if needs[0]:  # the convolution this op transposes, applied to dL/dz
+        grad_input = conv2d_op(grad_z, weight, None, stride, padding, dilation, groups, _NO_ACT)
+    if needs[1]:  # the convolution's weight gradient, roles exchanged: its dL/dz is x, its input our dL/dz
+        grad_weight = conv2d_weight_grad_op(input, grad_z, ctx.weight_shape, stride, padding, dilation, groups)
+    # The dispatcher drops trailing default arguments (activation "none", residual None) and their flags.
+    grad_residual = grad_z if len(needs) > 9 and needs[9] else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, grad_residual
 
 
 def _setup_conv_transpose2d(ctx, inputs, output):
-    input, weight, bias, stride, padding, output_padding, dilation, groups = inputs
-    ctx.conv_args = (list(stride), list(_pad4(padding)), list(dilation), groups)
-    ctx.weight_shape = list(weight.shape)
-    needs = ctx.needs_input_grad
-    # dL/dx needs the weight, dL/dw the input: keep only what will be used.
-    ctx.save_for_backward(input if needs[1] else None, weight if needs[0] else None)
+    act = _activation(inputs[8])
+    # A derivative that reads y gets y; one that reads z, through this op (conv_transpose2d() takes
+    # the preact op instead; this serves direct calls of torch.ops.mcconv.conv_transpose2d),
+    # recomputes z in the backward: the bias is saved for it.
+    ctx.recompute_z = act is not None and act.needs_preact
+    saved = output if act is not None and not act.needs_preact else inputs[2] if ctx.recompute_z else None
+    _setup(ctx, inputs, saved, keep_operands=ctx.recompute_z)
 
 
 def _backward_conv_transpose2d(ctx, grad_y):
-    input, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv_args
-    needs = ctx.needs_input_grad
-    grad_input = grad_weight = grad_bias = None
-    if needs[0]:  # the convolution this op transposes, applied to dL/dy
-        grad_input = conv2d_op(grad_y, weight, None, stride, padding, dilation, groups, _NO_ACT)
-    if needs[1]:  # the convolution's weight gradient, roles exchanged: dL/dz = x, input = dL/dy
-        grad_weight = conv2d_weight_grad_op(input, grad_y, ctx.weight_shape, stride, padding, dilation, groups)
-    if len(needs) > 2 and needs[2]:
-        grad_bias = conv2d_bias_grad_op(grad_y)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+    saved = ctx.saved_tensors[2]
+    if ctx.recompute_z:
+        input, weight, bias, residual = ctx.saved_tensors
+        saved = conv_transpose2d_op(input, weight, bias, *ctx.transpose_args, _NO_ACT, residual)
+    return _transpose_grads(ctx, *_activation_backward(ctx, grad_y, saved))
+
+
+def _setup_conv_transpose2d_preact(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # z is usually discarded: None for its gradient, not zeros
+    act = _activation(inputs[8])
+    y, z = output
+    _setup(ctx, inputs, None if act is None else z if act.needs_preact else y)
+
+
+def _backward_conv_transpose2d_preact(ctx, grad_y, grad_z_out):
+    if grad_z_out is None:
+        if grad_y is None:
+            return (None,) * 10
+        return _transpose_grads(ctx, *_activation_backward(ctx, grad_y, ctx.saved_tensors[2]))
+    # z was used too: its gradient adds to the activation's, and the bias sums the total.
+    grad_z = grad_z_out
+    if grad_y is not None:
+        if ctx.activation != _NO_ACT:
+            grad_y = activation_grad_op(grad_y, ctx.saved_tensors[2], ctx.activation)
+        grad_z = grad_z + grad_y
+    return _transpose_grads(ctx, grad_z, conv2d_bias_grad_op(grad_z) if ctx.needs_input_grad[2] else None)
 
 
 conv_transpose2d_op.register_autograd(_backward_conv_transpose2d, setup_context=_setup_conv_transpose2d)
+conv_transpose2d_preact_op.register_autograd(_backward_conv_transpose2d_preact,
+                                             setup_context=_setup_conv_transpose2d_preact)
 
 
-def _register_autocast(device_type: str, lib) -> None:
+def _register_autocast(op, name: str, device_type: str, lib) -> None:
     key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
-    def kernel(_keyset, input, weight, bias, stride, padding, output_padding, dilation, groups):
+    def kernel(_keyset, input, weight, bias, stride, padding, output_padding, dilation, groups, activation=_NO_ACT,
+               residual=None):
         dtype = torch.get_autocast_dtype(device_type)  # the context's dtype, as mcconv::conv2d
         with torch._C._ExcludeDispatchKeyGuard(keyset):
-            return conv_transpose2d_op(_autocast_cast(input, device_type, dtype),
-                                       _autocast_cast(weight, device_type, dtype),
-                                       _autocast_cast(bias, device_type, dtype),
-                                       stride, padding, output_padding, dilation, groups)
+            return op(_autocast_cast(input, device_type, dtype), _autocast_cast(weight, device_type, dtype),
+                      _autocast_cast(bias, device_type, dtype), stride, padding, output_padding, dilation, groups,
+                      activation, _autocast_cast(residual, device_type, dtype))
 
-    lib.impl("conv_transpose2d", kernel, key, with_keyset=True)
+    lib.impl(name, kernel, key, with_keyset=True)
 
 
 _lib = torch.library.Library("mcconv", "FRAGMENT")  # kept alive: owns the autocast registrations
-for _device_type in ("cuda", "cpu"):
-    _register_autocast(_device_type, _lib)
+for _name, _opdef in (("conv_transpose2d", conv_transpose2d_op), ("conv_transpose2d_preact",
+                                                                   conv_transpose2d_preact_op)):
+    for _device_type in ("cuda", "cpu"):
+        _register_autocast(_opdef, _name, _device_type, _lib)
 
 
 # --------------------------------------------------------------------------- validation
@@ -230,25 +326,22 @@ def _autocast(input, weight, bias, residual) -> tuple:
 # --------------------------------------------------------------------------- entry points
 
 def _run(input, weight, bias, residual, stride, padding, output_padding, dilation, groups, act) -> Tensor:
-    """The validated 2-D call: the op (or its implementation, for eager inference), then the
-    residual and the activation composed in torch."""
+    """The validated 2-D call: the launch itself for eager inference, else one of the ops (the
+    preact op when a gradient will be taken through an activation whose derivative reads z)."""
     extra = [o // s for o, s in zip(output_padding, stride)]
     if any(extra):  # stride <= output_padding < dilation: zero rows/columns of input (module docstring)
         input = F.pad(input, (0, extra[1], 0, extra[0]))
         output_padding = tuple(o % s for o, s in zip(output_padding, stride))
-    args = (list(stride), list(padding), list(output_padding), list(dilation), groups)
+    args = (list(stride), list(padding), list(output_padding), list(dilation), groups,
+            _NO_ACT if act is None else act.name, residual)
     needs_grad = torch.is_grad_enabled() and (
         input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         or (residual is not None and residual.requires_grad))
     if not (torch.compiler.is_compiling() or needs_grad) and _plain_eager(input, weight, bias, residual):
-        y = _conv_transpose2d_impl(input, weight, bias, *args)  # skips the op's Python dispatch
-        if residual is not None:
-            y.add_(residual)
-        return y if act is None else act.reference(y)
-    y = conv_transpose2d_op(input, weight, bias, *args)
-    if residual is not None:
-        y = y + residual
-    return y if act is None else act.reference(y)
+        return _conv_transpose2d_impl(input, weight, bias, *args)  # skips the op's Python dispatch
+    if needs_grad and act is not None and act.needs_preact:
+        return conv_transpose2d_preact_op(input, weight, bias, *args)[0]
+    return conv_transpose2d_op(input, weight, bias, *args)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
@@ -272,10 +365,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         ``act(conv_transpose2d(input, weight) + bias + residual)``: ``(N, C_out, H_out, W_out)``
         with ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``.
 
-    The convolution runs on the input-gradient kernels (``mcconv::conv_transpose2d``, a custom op
-    with autograd for input, weight and bias); the residual and the activation are applied after
-    it with torch (composed, not fused into the kernel). Raises :class:`mcconv.ConvArgumentError`
-    / :class:`mcconv.ConvTypeError`, naming the argument, for what torch refuses.
+    One launch of an input-gradient kernel with the bias, residual and activation fused into its
+    epilogue (``mcconv::conv_transpose2d``, a custom op with autograd for input, weight, bias and
+    residual; see the module docstring, also for depthwise calls). Raises
+    :class:`mcconv.ConvArgumentError` / :class:`mcconv.ConvTypeError`, naming the argument, for
+    what torch refuses.
     """
     input, weight, bias, residual = _autocast(input, weight, bias, residual)
     stride, padding, output_padding, dilation, groups, act = _validate(
@@ -286,7 +380,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
                      activation=None, residual=None):
     """1-D transposed convolution with the semantics of ``torch.nn.functional.conv_transpose1d``,
-    plus a residual add and an activation (composed, not fused), on the 2-D path.
+    plus a residual add and an activation (fused, as :func:`conv_transpose2d`'s), on the 2-D path.
 
     ``input`` ``(N, C_in, L)`` or ``(C_in, L)``, ``weight`` ``(C_in, C_out / groups, kW)``; the
     options are ints or 1-tuples. Validated in 1-D terms, then run as :func:`conv_transpose2d`
@@ -306,21 +400,19 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
 def explain_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
                         activation=None, residual=None, device_name: str | None = None):
     """Which kernel and tile configuration :func:`conv_transpose2d` would launch for these
-    arguments: a :class:`mcconv.Dispatch` of its input-gradient kernel (``conv_dgrad``, or
-    ``gemm_1x1_dgrad`` for 1x1 stride-1 calls). Tensors may be on the ``meta`` device (shapes
-    only); ``device_name`` selects another GPU model's tile table. The bias, residual and
-    activation are applied after the kernel (not fused), so they do not change the dispatch.
-    Raises what the convolution raises for bad arguments."""
-    from .ops import input_grad
-
-    stride, padding, output_padding, dilation, groups, _ = _validate(
+    arguments: a :class:`mcconv.Dispatch` of its input-gradient kernel (``conv_dgrad``;
+    ``gemm_1x1_dgrad`` for 1x1 stride-1 calls; ``depthwise_dgrad`` for one output channel per
+    group), the bias, residual and activation in its epilogue (``depthwise_dgrad``'s applied after
+    it). Tensors may be on the ``meta`` device (shapes only); ``device_name`` selects another GPU
+    model's tile table. Raises what the convolution raises for bad arguments."""
+    stride, padding, output_padding, dilation, groups, act = _validate(
         input, weight, bias, residual, stride, padding, output_padding, dilation, groups, activation, dims=2)
     extra = [o // s for o, s in zip(output_padding, stride)]
     if any(extra):  # as _run: zero rows/columns of input for output_padding >= stride
-        shape = (*input.shape[:-2], input.shape[-2] + extra[0], input.shape[-1] + extra[1])
-        input = torch.empty(shape, dtype=input.dtype, device="meta")
+        input = F.pad(input, (0, extra[1], 0, extra[0]))  # free on meta tensors; explain is no hot path
         output_padding = tuple(o % s for o, s in zip(output_padding, stride))
     shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
     plan = input_grad.plan(input, weight, tuple(shape), tuple(stride), _pad4(padding), tuple(dilation), groups,
-                           device_name=device_name)
+                           device_name=device_name, bias=bias, activation=None if act is None else act.name, residual=residual,
+                           channels_last=_output_channels_last(input, weight))
     return plan.dispatch

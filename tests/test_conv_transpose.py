@@ -1,11 +1,13 @@
 """mcconv.conv_transpose2d/1d and mcconv.ConvTranspose2d/1d: torch's transposed convolutions on the
-input-gradient kernels.
+input-gradient kernels, the bias, residual and activation fused into their epilogue.
 
 Values and gradients (input, weight, bias, residual) against float64 torch on the very values
-mcconv received; errors against what CPU torch raises (each error case first asserts that torch
-raises); the modules' state dicts both ways, ``output_size``, ``mcconv.convert``; the custom op
-under ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``. Shapes are tiny: on the CPU
-the kernels run through Triton's interpreter.
+mcconv received, every activation with and without bias and residual on each kernel the op can
+launch; the forward as one launch (recorded, not run); errors against what CPU torch raises (each
+error case first asserts that torch raises); the modules' state dicts both ways, ``output_size``,
+``mcconv.convert``; the custom ops under ``torch.library.opcheck`` and
+``torch.compile(fullgraph=True)``. Shapes are tiny: on the CPU the kernels run through Triton's
+interpreter.
 """
 import copy
 import math
@@ -110,8 +112,10 @@ def test_values_and_gradients_match_float64_torch(n, c_in, size, c_out, kernel, 
 @pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=str)
 def test_half_precision_values_and_gradients(dtype):
     x, w, b = _make(2, 4, (5, 5), 6, (3, 3), groups=2, dtype=dtype)
-    _check_values_and_grads(mcconv.conv_transpose2d, x, w, b, dict(stride=2, padding=1, output_padding=1, groups=2),
-                            dtype)
+    r = torch.randn(2, 6, 10, 10, device=DEVICE).to(dtype).to(memory_format=torch.channels_last)
+    _check_values_and_grads(mcconv.conv_transpose2d, x, w, b,
+                            dict(stride=2, padding=1, output_padding=1, groups=2, activation="silu"), dtype,
+                            residual=r)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
@@ -124,6 +128,115 @@ def test_residual_and_activation(activation):
     with torch.no_grad():  # the inference path (no op dispatch) composes the same epilogue
         y_inf = mcconv.conv_transpose2d(x, w, b, (2, 3), 1, (1, 2), activation=activation, residual=residual)
     torch.testing.assert_close(y_inf, y, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the fused epilogue
+
+# One case per kernel the op launches: conv_dgrad, gemm_1x1_dgrad (1x1, stride 1) and
+# depthwise_dgrad (one output channel per group; its epilogue runs in torch after the kernel).
+KERNEL_CASES = {
+    "conv_dgrad": (2, 4, (3, 4), 3, (3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "gemm_1x1_dgrad": (2, 6, (3, 4), 4, (1, 1), dict(groups=2)),
+    "depthwise_dgrad": (2, 4, (3, 4), 4, (3, 3), dict(stride=2, groups=4)),
+}
+# (bias, residual layout): each activation without and with either, the residual's layouts rotating
+EPILOGUES = {"bias": (True, None), "residual-contiguous": (False, "contiguous"),
+             "bias-residual-channels_last": (True, "channels_last"), "residual-strided-view": (False, "strided")}
+ACTIVATION_NAMES = [None, *mcconv.ACTIVATIONS]
+
+
+def _residual(shape, layout):
+    if layout is None:
+        return None
+    if layout == "strided":  # every other column of a wider buffer: no dense layout
+        return torch.randn(*shape[:-1], 2 * shape[-1], device=DEVICE)[..., ::2]
+    r = torch.randn(shape, device=DEVICE)
+    return r.to(memory_format=torch.channels_last) if layout == "channels_last" else r
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_fused_epilogue_values_and_gradients(activation, epilogue):
+    """act(conv_transpose2d(x, w) + bias + residual) and its gradients (x, w, bias, residual)
+    against float64 torch; the kernel rotates so that each activation meets all three."""
+    has_bias, layout = EPILOGUES[epilogue]
+    kernel = list(KERNEL_CASES)[(ACTIVATION_NAMES.index(activation) + list(EPILOGUES).index(epilogue)) % 3]
+    n, c_in, size, c_out, k, conv = KERNEL_CASES[kernel]
+    x, w, b = _make(n, c_in, size, c_out, k, conv.get("groups", 1), bias=has_bias)
+    dispatch = mcconv.explain_transpose2d(x, w, b, **conv, activation=activation)
+    assert dispatch.kernel == kernel
+    r = _residual(dispatch.output_shape, layout)
+    y = _check_values_and_grads(mcconv.conv_transpose2d, x, w, b, dict(conv, activation=activation),
+                                torch.float32, residual=r)
+    assert y.stride() == F.conv_transpose2d(x.detach(), w.detach(), None, **conv).stride()  # torch's layout
+
+
+@pytest.mark.parametrize("kernel", KERNEL_CASES)
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+def test_forward_is_one_launch(kernel, train):
+    """The forward, with bias, residual and activation (and for training silu's pre-activation z,
+    which its derivative reads), is one launch of the input-gradient kernel, its epilogue
+    constexprs on; depthwise_dgrad has no epilogue: one launch, then torch."""
+    n, c_in, size, c_out, k, options = KERNEL_CASES[kernel]
+    x, w, b = _make(n, c_in, size, c_out, k, options.get("groups", 1))
+    x = x.to(memory_format=torch.channels_last).requires_grad_(train)  # channels_last: no layout copies either
+    r = torch.randn(F.conv_transpose2d(x.detach(), w, b, **options).shape, device=DEVICE)
+    with mcconv.ops.capture() as launches:  # records the launches; nothing runs
+        mcconv.conv_transpose2d(x, w, b, **options, activation="silu", residual=r)
+    assert len(launches) == 1
+    fn, _, args, meta = launches[0]
+    if kernel == "depthwise_dgrad":
+        assert fn.__name__ == "depthwise_dgrad_kernel"
+        return
+    assert fn.__name__ == {"conv_dgrad": "conv2d_dgrad_kernel", "gemm_1x1_dgrad": "conv1x1_gemm_kernel"}[kernel]
+    assert meta["HAS_BIAS"] and meta["HAS_RESIDUAL"] and meta["STORE_PREACT"] == train
+    assert meta["ACTIVATION"] is mcconv.ACTIVATIONS["silu"].device()
+    # pointers: (dL/dz = x, w, bias, y, z, residual); z is y's own tensor only when not stored
+    assert args[2] is b and args[5] is r and (args[4] is not args[3]) == train
+
+
+def test_split_1x1_applies_the_epilogue_in_its_second_pass(monkeypatch):
+    """On an H100's 132 SMs a 1x1 transposed convolution with a long reduction over few tiles
+    splits it: fp32 partials, then the split epilogue pass adds them in order and applies bias,
+    residual and activation, and stores z."""
+    from mcconv import _backend, _plan
+
+    monkeypatch.setattr(_plan, "_plans", {})
+    monkeypatch.setattr(_backend, "sm_count", lambda device: 132)
+    x, w, b = _make(2, 1024, (3, 3), 24, (1, 1))
+    r = _residual((2, 24, 3, 3), "strided")
+    assert mcconv.explain_transpose2d(x, w, b, activation="gelu", residual=r).split > 1
+    args = (x, w, b, [1, 1], [0, 0], [0, 0], [1, 1], 1, "gelu", r)
+    with mcconv.ops.capture() as launches:
+        OPS.conv_transpose2d_preact(*args)
+    assert [fn.__name__ for fn, *_ in launches] == ["conv1x1_gemm_kernel", "conv2d_split_epilogue_kernel"]
+    y, z = OPS.conv_transpose2d_preact(*args)
+    z64 = F.conv_transpose2d(f64(x), f64(w), f64(b)) + f64(r)
+    assert_close(z, z64, torch.float32, 1024)
+    assert_close(y, F.gelu(z64), torch.float32, 1024)
+
+
+@pytest.mark.parametrize("use", ["y-recomputed-z", "y-and-z"])
+def test_op_gradients_through_the_preactivation(use):
+    """torch.ops.mcconv.conv_transpose2d with an activation whose derivative reads z recomputes z
+    in its backward (mcconv.conv_transpose2d takes the preact op instead); the preact op's z may
+    take a gradient of its own, added to the activation's."""
+    x, w, b = _make(2, 3, (4, 3), 4, (3, 3))
+    r = torch.randn(2, 4, 9, 7, device=DEVICE)
+    leaves = [t.requires_grad_() for t in (x, w, b, r)]
+    args = (x, w, b, [2, 2], [0, 0], [0, 0], [1, 1], 1, "gelu", r)
+    gy, gz = torch.randn(2, 4, 9, 7, device=DEVICE), torch.randn(2, 4, 9, 7, device=DEVICE)
+    if use == "y-recomputed-z":
+        loss = (OPS.conv_transpose2d(*args) * gy).sum()
+    else:
+        y, z = OPS.conv_transpose2d_preact(*args)
+        loss = (y * gy).sum() + (z * gz).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    leaves64 = [f64(t) for t in leaves]
+    z64 = F.conv_transpose2d(*leaves64[:3], stride=2) + leaves64[3]
+    loss64 = (F.gelu(z64) * gy.double()).sum() + (0 if use == "y-recomputed-z" else (z64 * gz.double()).sum())
+    for got, want, length in zip(grads, torch.autograd.grad(loss64, leaves64), [36, 126, 126, 1]):
+        assert_close(got, want, torch.float32, length)
 
 
 def test_output_padding_is_applied():
@@ -158,6 +271,11 @@ def test_empty_batch_like_torch():
     x, w, b = _make(0, 3, (4, 4), 2, (3, 3))
     y = mcconv.conv_transpose2d(x, w, b, stride=2)
     assert y.shape == F.conv_transpose2d(x.cpu(), w.cpu(), b.cpu(), stride=2).shape == (0, 2, 9, 9)
+    r = torch.zeros(0, 2, 9, 9, device=DEVICE, requires_grad=True)
+    y = mcconv.conv_transpose2d(x.requires_grad_(), w.requires_grad_(), b, stride=2, activation="gelu", residual=r)
+    assert y.shape == (0, 2, 9, 9)
+    gx, gw, gr = torch.autograd.grad(y.sum(), (x, w, r))
+    assert gx.shape == x.shape and gr.shape == r.shape and gw.abs().sum() == 0  # no pixels: zero
 
 
 # --------------------------------------------------------------------------- 1-D
@@ -344,6 +462,18 @@ def test_opcheck(layout):
     torch.library.opcheck(OPS.conv_transpose2d.default, args)
 
 
+@pytest.mark.parametrize("op", ["conv_transpose2d", "conv_transpose2d_preact"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_opcheck_with_activation_and_residual(op, activation):
+    x = torch.randn(2, 4, 3, 4, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 2, 3, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    r = torch.randn(2, 6, 5, 8, device=DEVICE)  # contiguous under a channels_last output: its own strides
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 1], [1, 0], [1, 0], [1, 2], 2,
+            activation, r.requires_grad_())
+    torch.library.opcheck(getattr(OPS, op).default, args)
+
+
 def _decoder(x, w1, b1, w2, r):
     y = mcconv.conv_transpose2d(x, w1, b1, stride=2, padding=1, output_padding=1, activation="silu")
     return mcconv.conv_transpose1d(y.flatten(2), w2, None, stride=2, residual=r)
@@ -368,13 +498,15 @@ def test_compile_fullgraph_forward_and_backward():
 def test_autocast_cpu_float16():
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    r = torch.randn(2, 2, 9, 9, requires_grad=True)  # float32: cast with the rest
     with torch.autocast("cpu", dtype=torch.float16):
-        y = mcconv.conv_transpose2d(x, w, stride=2)
+        y = mcconv.conv_transpose2d(x, w, stride=2, activation="relu", residual=r)
     assert y.dtype == torch.float16
-    y_ref = F.conv_transpose2d(x.detach().half().double(), w.detach().half().double(), stride=2)
+    y_ref = F.relu(F.conv_transpose2d(x.detach().half().double(), w.detach().half().double(), stride=2)
+                   + r.detach().half().double())
     assert_close(y, y_ref, torch.float16, 27)
-    (gw,) = torch.autograd.grad(y.float().sum(), w)
-    assert gw.dtype == torch.float32
+    gw, gr = torch.autograd.grad(y.float().sum(), (w, r))
+    assert gw.dtype == gr.dtype == torch.float32
 
 
 def test_explain_names_the_input_gradient_kernel():
@@ -390,3 +522,8 @@ def test_explain_names_the_input_gradient_kernel():
         torch.zeros(2, 16, 7, 7), torch.zeros(16, 8, 3, 3), stride=1, padding=1, output_padding=1, dilation=2).shape)
     with pytest.raises(mcconv.ConvArgumentError, match="output_padding"):
         mcconv.explain_transpose2d(x, w, stride=2, output_padding=2)
+    # the epilogue is the kernel's; the output follows torch's layout (here the weight's channels_last)
+    d = mcconv.explain_transpose2d(x, w.to(memory_format=torch.channels_last), torch.empty(8, **e), stride=2,
+                                   activation="gelu", residual=torch.empty(2, 8, 15, 15, **e))
+    assert d.kernel == "conv_dgrad" and d.memory_format == "channels_last"
+    assert mcconv.explain_transpose2d(x, torch.empty(16, 1, 3, 3, **e), groups=16).kernel == "depthwise_dgrad"

@@ -11,6 +11,13 @@ The result is laid out channels_last when dL/dz is (torch's suggested format), e
 | `conv_dgrad`      | everything else                    | kernels/conv2d_dgrad.py                     |
 
 `gemm_1x1_dgrad` reads `gemm_1x1`'s tile table: the same GEMM as the forward's.
+
+An epilogue on dL/dx -- ``act(dL/dx + bias + residual)``, the bias per input channel, the residual
+of the input's shape, optionally the pre-activation z stored beside it -- makes the input gradient
+a transposed convolution's forward (mcconv.transpose). It is off for the input gradient itself
+(its constexprs compiled out); `conv_dgrad` and `gemm_1x1_dgrad` fuse it into their store (a
+split `gemm_1x1_dgrad` into the split epilogue pass), `depthwise_dgrad` has none: its result
+takes the epilogue in torch after the kernel.
 """
 import math
 
@@ -18,6 +25,7 @@ import torch
 
 from .. import _backend, _pack, _plan
 from .._spec import ConvArgumentError, ConvSpec, check_like, check_tensor
+from ..epilogue import activation as _activation
 from ..registry import INPUT_GRAD, Kernel, dispatch, register
 
 
@@ -49,6 +57,7 @@ class Gemm1x1Dgrad(Kernel):
     jit_name = "conv1x1_gemm_kernel"
     table = "gemm_1x1"  # the same GEMM as the forward's: [N*H*W, K/g] x [K/g, C/g]
     about = "input gradient of a 1x1 convolution: the GEMM dX = dY @ W per group"
+    fused_epilogue = True  # the forward's epilogue, on dX's columns (input channels)
 
     def applies(self, spec):
         return spec.is_1x1_gemm
@@ -66,9 +75,10 @@ class Gemm1x1Dgrad(Kernel):
         return (_cdiv(spec.n * spec.h * spec.w, config["BLOCK_M"]) * _cdiv(spec.c_per_group, config["BLOCK_N"]),
                 spec.groups, split)
 
-    def pointers(self, grad_z, weight, grad_input):
-        # The GEMM's forward pointers (x, w, bias, y, z, residual): no bias, z or residual is read.
-        return grad_z, weight, weight, grad_input, grad_input, grad_input
+    def pointers(self, grad_z, weight, grad_input, bias=None, preact=None, residual=None):
+        # The GEMM's forward pointers (x, w, bias, y, z, residual); without an epilogue any pointer
+        # stands in for bias, z and residual (their constexprs are off).
+        return _epilogue_pointers(grad_z, weight, grad_input, bias, preact, residual)
 
     def split(self, spec, config, sm_count):
         # As the forward's (Gemm1x1.split_for); run() adds the fp32 partials [split, N*H*W, C] with
@@ -87,9 +97,8 @@ class Gemm1x1Dgrad(Kernel):
         # dY plays the GEMM's X (reduction: K/g), dX its Y (columns: C/g); W's rows (out channels)
         # are the reduction, its columns (in channels) the GEMM's columns; groups step along W's rows.
         return Gemm1x1.gemm_arguments(spec, (spec.n, spec.h, spec.w), spec.k_per_group, spec.c_per_group,
-                                      strides["dy"], (w[1], w[0], spec.k_per_group * w[0]), strides["dx"], None,
-                                      {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False,
-                                       "HAS_RESIDUAL": False}, split)
+                                      strides["dy"], (w[1], w[0], spec.k_per_group * w[0]), strides["dx"],
+                                      strides["r"] if spec.has_residual else None, _epilogue(spec), split)
 
     def loop_trips(self, spec, config, split=1):
         # kernels/conv1x1_gemm.py: `for kb in range(k_first, k_end)`, here over K/g blocks, this share
@@ -177,6 +186,7 @@ class ConvDgrad(Kernel):
     operation = INPUT_GRAD
     jit_name = "conv2d_dgrad_kernel"
     about = "input gradient as the transposed implicit GEMM, rows split by stride phase (no zero insertion)"
+    fused_epilogue = True
 
     def features(self, spec):
         return spec.n * spec.h * spec.w, spec.c_per_group, spec.k_per_group * spec.taps
@@ -196,10 +206,10 @@ class ConvDgrad(Kernel):
         return (_cdiv(phase_rows, config["BLOCK_M"]) * _cdiv(spec.c_per_group, config["BLOCK_N"]) * sh * sw,
                 spec.groups)
 
-    def pointers(self, grad_z, weight, grad_input):
+    def pointers(self, grad_z, weight, grad_input, bias=None, preact=None, residual=None):
         # (dy, w, bias, dx, z, residual): the input gradient reads no bias or residual and stores
         # no pre-activation (their constexprs are off); any pointer stands in for them.
-        return grad_z, weight, weight, grad_input, grad_input, grad_input
+        return _epilogue_pointers(grad_z, weight, grad_input, bias, preact, residual)
 
     def arguments(self, spec, strides, split=1):
         dy, w, dx = strides["dy"], strides["w"], strides["dx"]
@@ -207,13 +217,15 @@ class ConvDgrad(Kernel):
         elements = 16 // (spec.dtype.itemsize if spec.dtype is not None else 4)  # per 16-byte copy
         k_major = w[0] == 1 and w[1] != 1  # reduction (output channels) contiguous: W read as B^T
         taps = _phase_taps(spec)
-        meta = {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False, "HAS_RESIDUAL": False,
+        meta = {**_epilogue(spec),
                 # per-row tap validity: one bit per tap of the fullest phase, in int32 or int64
                 "TAP_BITS": 32 if taps <= 31 else 64 if taps <= 62 else 0,
                 # what the compiler cannot prove: row offsets in multiples of whole 16-byte copies
                 "A_ALIGN": _align(elements, *dy[:1], *dy[2:], spec.k_per_group * dy[1]),
                 "B_ALIGN": _align(elements, *(w[1:] if k_major else (w[0], *w[2:])), spec.k_per_group * w[0]),
                 "D_ALIGN": _align(elements, *dx[:1], *dx[2:], spec.c_per_group * dx[1]),
+                # the residual's rows likewise; 1 without one (no compile variant per placeholder)
+                "R_ALIGN": _align(elements, *r[:1], *r[2:], spec.c_per_group * r[1]) if spec.has_residual else 1,
                 "W_K_MAJOR": k_major,
                 "K_ALIGN": _pow2_factor(spec.k_per_group), "C_ALIGN": _pow2_factor(spec.c_per_group)}
         return ((spec.n, spec.c_per_group, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, spec.kh, spec.kw,
@@ -246,6 +258,20 @@ class ConvDgrad(Kernel):
         return [_phase_taps(spec) * _cdiv(spec.k_per_group, config["BLOCK_K"])]
 
 
+def _epilogue(spec) -> dict:
+    """The epilogue's constexprs for dX (all off for an input gradient; STORE_PREACT is the call's)."""
+    from .forward import _epilogue as forward_epilogue  # one rule for the forward's and this epilogue
+
+    return forward_epilogue(spec)
+
+
+def _epilogue_pointers(grad_z, weight, grad_input, bias, preact, residual) -> tuple:
+    """(dy, w, bias, dx, z, residual), the weight standing in for an absent bias and dX for an absent
+    z or residual: an input gradient's pointers, hence its specialisation, whatever the epilogue."""
+    return (grad_z, weight, weight if bias is None else bias, grad_input,
+            grad_input if preact is None else preact, grad_input if residual is None else residual)
+
+
 def _tap_progression(stride: int, dilation: int) -> tuple:
     """(step, gcd, inverse) of kernels/conv2d_dgrad.py's phase_taps for one axis: the taps that
     reach a phase are t0 + j * step, step = stride / gcd(stride, dilation); inverse: of
@@ -270,18 +296,25 @@ def _align(elements: int, *strides: int) -> int:
 # ------------------------------------------------------------------------------------ plans
 
 def plan(grad_z, weight, input_shape, stride=1, padding=0, dilation=1, groups=1,
-         device_name: str | None = None, sm_count: int | None = None) -> _plan.Plan:
-    """The cached plan of an input gradient; validates on the first call of a kind."""
+         device_name: str | None = None, sm_count: int | None = None, *, bias=None, activation=None,
+         residual=None, channels_last: bool | None = None) -> _plan.Plan:
+    """The cached plan of an input gradient; validates on the first call of a kind.
+
+    ``bias`` (C,), ``activation`` and ``residual`` (of ``input_shape``) add the epilogue of the
+    module docstring (a transposed convolution; their values are the call's, passed to
+    :func:`run`). ``channels_last``: dX's memory format, by default dL/dz's (follows_channels_last).
+    """
     try:
         tf32 = _backend.uses_tf32(grad_z.dtype, grad_z.device)
         key = (INPUT_GRAD, _plan.tensor_key(grad_z), _plan.tensor_key(weight), tuple(input_shape),
                _plan.option_key(stride), _plan.option_key(padding), _plan.option_key(dilation),
-               _plan.option_key(groups), tf32, device_name, sm_count)
+               _plan.option_key(groups), tf32, device_name, sm_count, _plan.tensor_key(bias),
+               _plan.option_key(activation), _plan.tensor_key(residual), channels_last)
     except (AttributeError, TypeError):
         _check(grad_z, weight, input_shape)
         raise
     return _plan.cached(key, lambda: _build(grad_z, weight, tuple(input_shape), stride, padding, dilation, groups,
-                                            tf32, device_name, sm_count))
+                                            tf32, device_name, sm_count, bias, activation, residual, channels_last))
 
 
 def _check(grad_z, weight, input_shape) -> tuple:
@@ -297,15 +330,32 @@ def _check(grad_z, weight, input_shape) -> tuple:
     return input_shape
 
 
-def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32, device_name, sm_count):
+def _check_epilogue(grad_z, input_shape, bias, residual) -> None:
+    if bias is not None:
+        check_like("bias", bias, "grad_z", grad_z)
+        if bias.dim() != 1 or bias.shape[0] != input_shape[-3]:
+            raise ConvArgumentError(f"bias: expected a 1-D tensor of {input_shape[-3]} elements (the input's "
+                                    f"channels), got shape {tuple(bias.shape)}")
+    if residual is not None:
+        check_like("residual", residual, "grad_z", grad_z)
+        if tuple(residual.shape) != input_shape:
+            raise ConvArgumentError(f"residual: expected the input's shape {input_shape}, got {tuple(residual.shape)}")
+
+
+def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32, device_name, sm_count, bias,
+           activation, residual, channels_last):
     input_shape = _check(grad_z, weight, input_shape)
+    _check_epilogue(grad_z, input_shape, bias, residual)
+    # The spec's epilogue fields describe dX's epilogue here (off for an input gradient).
     spec = ConvSpec.from_shapes(input_shape, weight.shape, stride, padding, dilation, groups, dtype=grad_z.dtype,
-                                tf32=tf32)
+                                tf32=tf32, has_bias=bias is not None, has_residual=residual is not None,
+                                activation=_activation(activation))
     if tuple(grad_z.shape) != spec.output_shape:
         raise ConvArgumentError(f"grad_z: expected the convolution's output shape {spec.output_shape}, "
                                 f"got {tuple(grad_z.shape)}")
     kernel = dispatch(INPUT_GRAD, spec)
-    channels_last = _plan.follows_channels_last(grad_z)
+    if channels_last is None:
+        channels_last = _plan.follows_channels_last(grad_z)
     out_strides = _plan.contiguous_strides(input_shape, channels_last)
     dy_strides, w_strides, dx_strides = tuple(grad_z.stride()), tuple(weight.stride()), out_strides
     # A kernel declaring `packs_weight(spec, w_strides)` reads, when it says so, a per-call K-major
@@ -338,12 +388,15 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
         if copy_dx:
             dx_strides = _plan.contiguous_strides(input_shape, channels_last=True)
     spans = [(grad_z.shape, dy_strides), (weight.shape, w_strides), (input_shape, dx_strides)]
+    if residual is not None:
+        spans.append((residual.shape, residual.stride()))
     pixels = spec.n * spec.h * spec.w
 
     def spans_of(split):  # with a split, the fp32 partial sums [split, N*H*W, C] too
         return spans + ([((split * pixels * spec.c,), (1,))] if split > 1 else [])
 
-    strides = {"dy": _plan.batched(dy_strides), "w": w_strides, "dx": _plan.batched(dx_strides)}
+    strides = {"dy": _plan.batched(dy_strides), "w": w_strides, "dx": _plan.batched(dx_strides),
+               "r": (0, 0, 0, 0) if residual is None else _plan.batched(residual.stride())}
     return _plan.build(kernel, spec, grad_z.device, _plan.target_of(grad_z.device, device_name, sm_count), strides,
                        out_shape=input_shape, out_strides=out_strides, spans=spans_of,
                        channels_last=channels_last, launch=math.prod(input_shape) > 0, pack_weight=pack,
@@ -357,41 +410,80 @@ def _channels_last_copy(t):
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def run(plan: _plan.Plan, grad_z, weight):
-    """Launch an input-gradient plan; returns dL/dx."""
+def run(plan: _plan.Plan, grad_z, weight, bias=None, residual=None, preact: bool = False):
+    """Launch an input-gradient plan; returns dL/dx, with the plan's epilogue ``act(dL/dx + bias +
+    residual)``; ``(dx, z)`` with ``preact``, z the pre-activation (dx itself without an activation)."""
+    spec = plan.spec
+    epilogue = spec.has_bias or spec.has_residual or spec.activation is not None
+    fused = plan.launch and getattr(plan.kernel, "fused_epilogue", False)
+    store_z = preact and spec.activation is not None
     # conv_dgrad may write a channels_last dX (extra["grad_input_strides"]) and return its copy.
     dx_strides = plan.extra.get("grad_input_strides", plan.out_strides) if plan.launch else plan.out_strides
     dx = torch.empty_strided(plan.out_shape, dx_strides, dtype=grad_z.dtype, device=grad_z.device)
+    z = torch.empty_strided(plan.out_shape, dx_strides, dtype=grad_z.dtype, device=grad_z.device) if store_z else dx
     if not plan.launch:
-        return dx.zero_()  # an empty reduction (no output channels) sums to zero
-    if grad_z.device.type != "cuda":
-        _backend.check_runnable(grad_z.device)
-    if plan.pack_weight:
-        weight = _pack.dgrad_packed(weight)
-    if plan.extra.get("copy_grad_z"):  # a channels_last copy of dL/dz (conv_dgrad; gemm_1x1_dgrad)
-        grad_z = _channels_last_copy(grad_z)
-    with _backend.launch_guard(grad_z.device):
-        if plan.split > 1:
-            _run_split(plan, grad_z, weight, dx)
-        else:
-            _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, dx), *plan.args), plan.meta)
-    return dx if dx_strides == plan.out_strides else dx.contiguous()
+        dx.zero_()  # an empty reduction (no output channels) sums to zero
+    else:
+        if grad_z.device.type != "cuda":
+            _backend.check_runnable(grad_z.device)
+        if plan.pack_weight:
+            weight = _pack.dgrad_packed(weight)
+        if plan.extra.get("copy_grad_z"):  # a channels_last copy of dL/dz (conv_dgrad; gemm_1x1_dgrad)
+            grad_z = _channels_last_copy(grad_z)
+        operands = (grad_z, weight, dx)
+        if fused and epilogue:  # the kernels index the bias with unit stride (b[::2] is copied)
+            operands += (None if bias is None else bias.contiguous(), z if store_z else None, residual)
+        with _backend.launch_guard(grad_z.device):
+            if plan.split > 1:
+                _run_split(plan, store_z, operands)
+            else:
+                meta = {**plan.meta, "STORE_PREACT": True} if store_z and fused else plan.meta
+                _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(*operands), *plan.args), meta)
+    if epilogue and not fused:
+        _torch_epilogue(dx, z, bias, residual, spec.activation)
+    dx = _in_layout(dx, plan.out_strides)
+    return (dx, dx if z is dx else _in_layout(z, plan.out_strides)) if preact else dx
 
 
-def _run_split(plan, grad_z, weight, dx) -> None:
+def _in_layout(t, strides):
+    """``t``, or its copy laid out with ``strides`` (conv_dgrad writes an NCHW dX channels_last)."""
+    if t.stride() == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def _torch_epilogue(dx, z, bias, residual, act) -> None:
+    """The epilogue in place, in torch: for a kernel without one (depthwise_dgrad) or no launch."""
+    if bias is not None:
+        dx.add_(bias.view(-1, 1, 1))
+    if residual is not None:
+        dx.add_(residual)
+    if z is not dx:
+        z.copy_(dx)
+    if act is not None:
+        dx.copy_(act.reference(dx))
+
+
+def _run_split(plan, store_z, operands) -> None:
     """gemm_1x1_dgrad split: fp32 partial sums [split, N*H*W, C], then the forward's
-    conv2d_split_epilogue_kernel adds them in order into dx (no bias, activation or residual)."""
+    conv2d_split_epilogue_kernel adds them in order into dx and applies the epilogue (bias,
+    residual, activation, z), all off for the input gradient."""
     from mcconv._kernels import conv2d_split_epilogue_kernel
 
     from .forward import SPLIT_EPILOGUE_BLOCKS as blocks
 
+    grad_z, weight, dx, *epilogue = operands
+    bias, z, residual = epilogue or (None, None, None)
     spec = plan.spec
     m = spec.n * spec.h * spec.w
     partial = torch.empty((plan.split, m, spec.c), dtype=torch.float32, device=dx.device)
     d = _plan.batched(dx.stride())
+    r = d if residual is None else _plan.batched(residual.stride())
     _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, partial), *plan.args), plan.meta)
-    meta = {"HAS_BIAS": False, "ACTIVATION": None, "STORE_PREACT": False, "HAS_RESIDUAL": False, "Y_RUN": 1,
-            "R_RUN": 1, "INDEX_64": plan.index_64, **blocks}
+    meta = {"HAS_BIAS": plan.meta["HAS_BIAS"], "ACTIVATION": plan.meta["ACTIVATION"], "STORE_PREACT": store_z,
+            "HAS_RESIDUAL": plan.meta["HAS_RESIDUAL"], "Y_RUN": 1, "R_RUN": 1, "INDEX_64": plan.index_64, **blocks}
     grid = (_cdiv(m, blocks["BLOCK_M"]), _cdiv(spec.c, blocks["BLOCK_N"]))
+    # without an epilogue dx stands in for z, bias and residual (their constexprs are off)
     _backend.launch(conv2d_split_epilogue_kernel, grid,
-                    (partial, dx, plan.split, m * spec.c, dx, dx, dx, spec.n, spec.c, spec.h, spec.w, *d, *d), meta)
+                    (partial, dx, plan.split, m * spec.c, dx if z is None else z, dx if bias is None else bias,
+                     dx if residual is None else residual, spec.n, spec.c, spec.h, spec.w, *d, *r), meta)
