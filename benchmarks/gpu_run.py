@@ -90,8 +90,8 @@ STAGE_BUDGET_VAR = {"test": "TEST_BUDGET_S", "tune": "TUNE_BUDGET_S", "bench": "
 DEFAULT_TEST_ARGS = "tests --ignore=tests/test_native_compile.py --ignore=tests/test_gpu_run.py"
 DEFAULT_TUNE_SUITES = "resnet50 mobilenetv2 seed deepbench"  # most valuable first: the budget stops the rest
 DEFAULT_TUNE_DTYPES = "float16 bfloat16 float32"  # tune orders by dtype first: fp16 keys come first
-# then issue 12's operations on their suites (conv3d, conv1d); the budget stops what it cannot reach
-DEFAULT_BENCH_RUNS = "resnet50:float16 mobilenetv2:float16 seed:float16 video3d:float16 speech1d:float16"
+# then issue 12's operations on their suites (conv3d, conv1d, conv_transpose2d); the budget stops the rest
+DEFAULT_BENCH_RUNS = "resnet50:float16 mobilenetv2:float16 seed:float16 video3d:float16 speech1d:float16 decoder2d:float16"
 SANITIZE_FILES = "tests/test_backward_kernels.py tests/test_forward.py"  # the few backward cases first
 # memcheck (~50 tests): every forward kernel on odd shapes (masked edges), strides, padding, groups,
 # channels_last, int64 offsets; the backward kernels (dgrad, wgrad, depthwise, bias) and the split

@@ -37,12 +37,16 @@ def conv3d_fwd_kernel(
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, TAP_BITS: tl.constexpr,
-    X_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr, Y_DENSE: tl.constexpr, R_DENSE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """Grid: (cdiv(N*OD*P*Q, BLOCK_M) * cdiv(K_PER_GROUP, BLOCK_N), groups)."""
+    """Grid: (cdiv(N*OD*P*Q, BLOCK_M) * cdiv(K_PER_GROUP, BLOCK_N), groups).
+
+    Y_DENSE / R_DENSE: the output's (residual's) voxels are dense in (n, d, p, q) order, each
+    voxel stride_yw apart (a channels_last_3d tensor): its rows are then offs_m * stride_yw,
+    and the epilogue splits no voxel index (fewer registers while the accumulator is live)."""
     M = pixel_count(N * OD, P, Q, INDEX_64)
     pid_m, pid_n = grouped_tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K_PER_GROUP, BLOCK_N), GROUP_M)
     group = tl.program_id(1)
@@ -76,13 +80,20 @@ def conv3d_fwd_kernel(
                     KD, KH, KW, True, TAP_BITS, C_ALIGN, INDEX_64, DOT_PRECISION, BLOCK_K)
 
     # The epilogue through the output's (and residual's) 5-D strides.
-    n, od, p, q = _split_voxels(offs_m, OD, P, Q)
     out_channel = group * K_PER_GROUP + offs_n
-    y_offsets = (n * stride_yn + od * stride_yd + p * stride_yh + q * stride_yw)[:, None] \
-        + out_channel[None, :] * stride_yk
+    if Y_DENSE:
+        row_y = offs_m * stride_yw
+    else:
+        n, od, p, q = _split_voxels(offs_m, OD, P, Q)
+        row_y = n * stride_yn + od * stride_yd + p * stride_yh + q * stride_yw
+    y_offsets = row_y[:, None] + out_channel[None, :] * stride_yk
     if HAS_RESIDUAL:
-        r_offsets = (n * stride_rn + od * stride_rd + p * stride_rh + q * stride_rw)[:, None] \
-            + out_channel[None, :] * stride_rk
+        if R_DENSE:
+            row_r = offs_m * stride_rw
+        else:
+            n, od, p, q = _split_voxels(offs_m, OD, P, Q)
+            row_r = n * stride_rn + od * stride_rd + p * stride_rh + q * stride_rw
+        r_offsets = row_r[:, None] + out_channel[None, :] * stride_rk
     else:
         r_offsets = y_offsets  # unused: the epilogue's residual branch is compiled out
     epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & mask_n[None, :],

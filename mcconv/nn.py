@@ -146,8 +146,8 @@ class ConvTranspose2d(_Transposed, nn.ConvTranspose2d):
     either way -- plus ``activation`` (None or a name in :data:`mcconv.ACTIVATIONS`). It prints as
     ``mcconv.ConvTranspose2d(...)``. ``forward(input, output_size=None, residual=None)``: torch's
     ``output_size`` (which picks the output_padding), and an optional residual of the output's
-    shape added before the activation (see :func:`mcconv.conv_transpose2d`; the residual and the
-    activation are composed after the kernel, not fused). Only ``padding_mode="zeros"``, as torch.
+    shape added before the activation (see :func:`mcconv.conv_transpose2d`; bias, residual and
+    activation fused into the kernel's epilogue). Only ``padding_mode="zeros"``, as torch.
     """
 
     _function = staticmethod(conv_transpose2d)

@@ -405,6 +405,15 @@ def explain_transpose2d(input, weight, bias=None, stride=1, padding=0, output_pa
     group), the bias, residual and activation in its epilogue (``depthwise_dgrad``'s applied after
     it). Tensors may be on the ``meta`` device (shapes only); ``device_name`` selects another GPU
     model's tile table. Raises what the convolution raises for bad arguments."""
+    return plan_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                            activation=activation, residual=residual, device_name=device_name)[0].dispatch
+
+
+def plan_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     activation=None, residual=None, device_name: str | None = None, sm_count: int | None = None):
+    """``(plan, input)``: the input-gradient plan a :func:`conv_transpose2d` call launches, and the
+    input it launches on (zero-padded where ``output_padding >= stride``); for explain and the
+    tools (``mcconv.ops.input_grad.run(plan, input, weight, bias, residual)`` is the launch)."""
     stride, padding, output_padding, dilation, groups, act = _validate(
         input, weight, bias, residual, stride, padding, output_padding, dilation, groups, activation, dims=2)
     extra = [o // s for o, s in zip(output_padding, stride)]
@@ -413,6 +422,7 @@ def explain_transpose2d(input, weight, bias=None, stride=1, padding=0, output_pa
         output_padding = tuple(o % s for o, s in zip(output_padding, stride))
     shape = _output_shape(input.shape, weight.shape, stride, padding, output_padding, dilation, groups)
     plan = input_grad.plan(input, weight, tuple(shape), tuple(stride), _pad4(padding), tuple(dilation), groups,
-                           device_name=device_name, bias=bias, activation=None if act is None else act.name, residual=residual,
+                           device_name=device_name, sm_count=sm_count, bias=bias,
+                           activation=None if act is None else act.name, residual=residual,
                            channels_last=_output_channels_last(input, weight))
-    return plan.dispatch
+    return plan, input

@@ -302,6 +302,39 @@ def drive_int64_paths(mcconv, ops, backend):
         ops.conv2d_bias_grad(y)
 
 
+# conv_transpose2d: (label, input, weight, options): conv_dgrad, gemm_1x1_dgrad and its split (H100)
+TRANSPOSE_GEOMETRIES = [
+    ("transposed 3x3 stride 2", (2, 64, 9, 9), (64, 64, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("transposed 3x3 to 24 channels", (2, 40, 9, 9), (40, 24, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("transposed 1x1", (2, 64, 8, 8), (64, 64, 1, 1), {}),
+    ("transposed 1x1, split", (2, 2048, 3, 3), (2048, 48, 1, 1), {}),
+]
+
+
+def drive_transpose_paths(mcconv, backend):
+    """mcconv.conv_transpose2d: the input-gradient kernels with their epilogue on (and the split
+    1x1's epilogue pass), every dtype mode in both layouts, activation, bias and residual layout
+    rotating, inference and autograd (the pre-activation store)."""
+    global _context, _mode
+    activations = _activations()
+    for i, ((mode, (dtype, tf32)), layout, (label, x_shape, w_shape, options)) in enumerate(
+            itertools.product(MODES.items(), LAYOUTS, TRANSPOSE_GEOMETRIES)):
+        backend.uses_tf32 = lambda dtype, device, tf32=tf32: tf32 and dtype == torch.float32
+        _mode = mode
+        activation = activations[i % len(activations)]
+        train = i % 2 == 1
+        _context = f"mcconv.conv_transpose2d {mode} {layout} {label}, activation={activation}, train={train}"
+        x = _tensor(x_shape, dtype, layout, requires_grad=train)
+        w = _tensor(w_shape, dtype, "contiguous", requires_grad=train)
+        b = _tensor((w_shape[1],), dtype, "contiguous") if i % 3 else None
+        out_shape = mcconv.explain_transpose2d(x, w, b, **options).output_shape
+        r = _tensor(out_shape, dtype, (layout, "contiguous", "channels_last")[i % 3]) if i % 4 else None
+        with torch.set_grad_enabled(train):
+            y = mcconv.conv_transpose2d(x, w, b, **options, activation=activation, residual=r)
+        if train:
+            y.backward(torch.empty_like(y))
+
+
 def collect(candidates: bool):
     """Import mcconv with launches recorded, drive its launch paths, return the recorded launches."""
     JITFunction.run = _recording_run
@@ -321,6 +354,7 @@ def collect(candidates: bool):
     drive_public_paths(mcconv, _backend)
     drive_int64_paths(mcconv, ops, _backend)
     drive_conv3d_paths(mcconv, _backend)
+    drive_transpose_paths(mcconv, _backend)
     return list(_launches)
 
 

@@ -207,3 +207,36 @@ def test_compile_fullgraph_forward_and_backward():
     grads_eager = torch.autograd.grad(out_eager.square().sum(), leaves)
     for got, want in zip(grads, grads_eager):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+class _Mixed(torch.nn.Module):
+    """1-D, 2-D, 3-D (depth kernel: 16 channels) and transposed layers in one model."""
+
+    def __init__(self):
+        super().__init__()
+        self.clip = torch.nn.Conv3d(16, 16, 3, padding=1)
+        self.frame = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.line = torch.nn.Conv1d(4, 4, 3, padding=1)
+        self.line_up = torch.nn.ConvTranspose1d(4, 2, 2, stride=2)
+
+    def forward(self, x):  # (N, 16, D, H, W)
+        y = self.clip(x).mean(2)  # (N, 16, H, W)
+        y = self.up(self.frame(y))  # (N, 4, 2H, 2W)
+        return self.line_up(self.line(y.flatten(2)))
+
+
+def test_convert_a_model_mixing_1d_2d_3d_and_transposed_layers():
+    model = _Mixed().to(DEVICE)
+    x = _randn(2, 16, 3, 4, 4)
+    expected = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    mcconv.convert(model)
+    report = mcconv.conversion_report(model)
+    assert report.converted == ["clip", "frame", "up", "line", "line_up"] and not report.left_alone
+    assert type(model.clip) is mcconv.Conv3d and type(model.line_up) is mcconv.ConvTranspose1d
+    assert model.state_dict().keys() == state.keys()
+    assert _kernel(x, model.clip.weight, padding=1) == DEPTH
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

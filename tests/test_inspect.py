@@ -24,7 +24,7 @@ import torch
 import mcconv
 from mcconv.tools import gpus
 from mcconv.tools import inspect as inspect_tool
-from mcconv.tools.suites import conv
+from mcconv.tools.suites import Conv3dLayer, ConvTranspose2dLayer, conv
 from reference import COMPILE_PREAMBLE, COMPILE_SKIP
 
 
@@ -39,6 +39,14 @@ CASES = [
     ("3x3 tf32", conv("c3", 8, 64, 28, 64, 3), "tf32", "all", "h100-sxm", None),
     ("1x1 tf32", conv("c1", 8, 64, 28, 128, 1), "tf32", "all", "h100-sxm", None),
     ("3x3 a100", conv("c3", 8, 64, 28, 64, 3), "float16", "forward", "a100", None),
+    # a split forward (512 channels at 7x7: 16 tiles on 132 SMs) and its epilogue pass
+    ("3x3 split", conv("c5", 8, 512, 7, 512, 3), "float16", "forward", "h100-sxm", None),
+    # conv3d on the depth kernel; its backward is the depth im2col's 2-D kernels
+    ("3x3x3", Conv3dLayer("c3d", 2, 64, 8, 14, 14, 128, 3, 3, 3, padding=(1, 1, 1)), "float16", "all", "h100-sxm",
+     "relu"),
+    # conv_transpose2d: the input-gradient kernel with its epilogue (bias, silu) fused
+    ("transposed", ConvTranspose2dLayer("up", 8, 64, 14, 14, 32, 4, 4, (2, 2), (1, 1)), "float16", "forward",
+     "h100-sxm", "silu"),
 ]
 
 # The subprocess: every case through mcconv.tools.inspect, the reference GEMM, then the command
@@ -47,10 +55,12 @@ SCRIPT = COMPILE_PREAMBLE + textwrap.dedent("""
     import contextlib, io, os
     from mcconv.tools import inspect as I
     from mcconv.tools.cli import main
-    from mcconv.tools.suites import Conv
+    from mcconv.tools.suites import Conv, Conv3dLayer, ConvTranspose2dLayer
     out, cases = {"cases": {}}, json.loads(sys.argv[1])
     for label, layer, dtype, direction, gpu, activation in cases:
-        records = I.inspect_layer(Conv(**layer), dtype, "channels_last", gpu, bias=True, activation=activation,
+        kind = Conv3dLayer if "kd" in layer else ConvTranspose2dLayer if "output_padding" in layer else Conv
+        layer = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+        records = I.inspect_layer(layer, dtype, "channels_last", gpu, bias=True, activation=activation,
                                   direction=direction)
         rows = []
         for r in records:
@@ -124,6 +134,9 @@ EXPECTED_KERNELS = {
     "3x3 tf32": ["conv_direct", "bias_act_grad", "split_sum", "conv_dgrad", "conv_wgrad", "split_sum"],
     "1x1 tf32": ["gemm_1x1", "bias_act_grad", "split_sum", "gemm_1x1_dgrad", "conv_wgrad", "split_sum"],
     "3x3 a100": ["conv_direct"],
+    "3x3 split": ["conv_direct", "split_epilogue"],
+    "3x3x3": ["conv3d_direct", "bias_act_grad", "split_sum", "conv_dgrad", "conv_wgrad", "split_sum"],
+    "transposed": ["conv_dgrad"],
 }
 
 
@@ -137,6 +150,9 @@ def test_inspect_compiles_every_launch_the_library_would_make(compiled):
     dw = compiled["cases"]["dw"][0]
     assert dw["config"] and dw["target"] == "sm_90" and dw["dtype"] == "float16"
     assert compiled["cases"]["3x3 tf32"][0]["dtype"] == "tf32"
+    # a split forward's epilogue pass is the forward's; conv3d's backward launches are the im2col's
+    assert [r["direction"] for r in compiled["cases"]["3x3 split"]] == ["forward", "forward"]
+    assert [r["direction"] for r in compiled["cases"]["3x3x3"]] == ["forward"] + ["backward"] * 5
 
 
 def test_no_launched_variant_spills(compiled):
@@ -192,6 +208,9 @@ TODAY = {  # the launches of EXPECTED_KERNELS, in order
     "3x3 tf32": [(0.532, 0.532), (0.674, 0.582), (106.0, 3.66), (0.61, 0.61), (0.958, 0.958), (5.6, 0.211)],
     "1x1 tf32": [(0.225, 0.225), (0.674, 0.582), (52.7, 1.83), (0.407, 0.407), (0.676, 0.676), (6.59, 0.229)],
     "3x3 a100": [(0.44, 0.44)],
+    "3x3 split": [(0.28, 0.28), (0.758, 0.146)],
+    "3x3x3": [(0.325, 0.325), (0.668, 0.577), (28.0, 1.95), (0.329, 0.329), (0.407, 0.407), (3.24, 0.225)],
+    "transposed": [(1.15, 1.15)],
 }
 MARGIN = 1.05
 

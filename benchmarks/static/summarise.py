@@ -15,7 +15,7 @@ def rows(path: Path) -> dict:
     doc = json.loads(path.read_text())
     out = {}
     for r in doc["records"]:
-        if r["kernel"] in ("split_sum", "bias_act_grad") or r["error"]:
+        if r["kernel"] in ("split_sum", "split_epilogue", "bias_act_grad") or r["error"]:
             continue
         v = doc["variants"][r["variant"]]
         tensor = v["mma_kind"] not in (None, "none")

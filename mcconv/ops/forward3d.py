@@ -53,6 +53,10 @@ class Conv3dDirect(Kernel):
         if not spec.channels_last:  # element-wise stores (conv_direct's NCHW rule without pixel runs)
             limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
             limits["BLOCK_N"] = min(limits["BLOCK_N"], 64)
+            if spec.dtype.itemsize > 2 and (heavy or spec.has_residual):
+                # fp32 operands, a 5-D residual and silu/gelu: 255 registers and 16 spilled bytes at
+                # BLOCK_K 32 (triton 3.9); 16 keeps them in registers
+                limits["BLOCK_K"] = min(limits["BLOCK_K"], 16)
         elif (heavy or spec.has_residual or spec.dtype.itemsize > 2) and spec.k_per_group > 64:
             limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
         return limits
@@ -70,7 +74,9 @@ class Conv3dDirect(Kernel):
                 "X_ALIGN": _pow2_dividing(x[0], *x[2:], spec.c_per_group * (spec.groups > 1), cap=vec)
                 if x[1] == 1 else 1,
                 "W_ALIGN": _pow2_dividing(w[0], *w[2:], cap=vec) if w[1] == 1 else 1,
-                "C_ALIGN": _pow2_dividing(spec.c_per_group, cap=256)}
+                "C_ALIGN": _pow2_dividing(spec.c_per_group, cap=256),
+                "Y_DENSE": _dense_voxels(spec, strides["y"]),
+                "R_DENSE": spec.has_residual and _dense_voxels(spec, strides["r"])}
         front, _, top, _, left, _ = spec.padding
         return ((spec.n, spec.c_per_group, spec.d, spec.h, spec.w, spec.k_per_group, spec.od, spec.p, spec.q,
                  *spec.stride, front, top, left, *spec.dilation, *x, *w, *strides["y"], *strides["r"]),
@@ -81,6 +87,15 @@ class Conv3dDirect(Kernel):
 
 
 KERNEL = Conv3dDirect.name
+
+
+def _dense_voxels(spec, strides) -> bool:
+    """Whether an output-shaped operand's (batched strides (n, k, d, h, w)) voxel m = ((n * OD + d)
+    * P + p) * Q + q sits at m * (its w stride): each pixel axis steps by the next one's extent
+    (a channels_last_3d tensor); axes of one element never move an address."""
+    sn, _, sd, sh, sw = strides
+    return all(size == 1 or stride == step for size, stride, step in (
+        (spec.n, sn, spec.od * spec.p * spec.q * sw), (spec.od, sd, spec.p * spec.q * sw), (spec.p, sh, spec.q * sw)))
 
 
 def contiguous_strides(shape, channels_last: bool) -> tuple:

@@ -58,7 +58,8 @@ import torch
 
 from . import gpus
 
-__all__ = ["TARGETS", "GpuTarget", "LaunchRecord", "resolve_target", "inspect", "inspect3d", "inspect_layer",
+__all__ = ["TARGETS", "GpuTarget", "LaunchRecord", "resolve_target", "inspect", "inspect3d", "inspect_transpose2d",
+           "inspect_layer",
            "inspect_suite",
            "reference_record", "fp32_mode", "plan_ceiling", "plan_ceiling_lines", "markdown_table", "use_kernels",
            "inspect_command"]
@@ -136,8 +137,8 @@ class LaunchRecord:
 
     layer: str | None
     direction: str  # "forward" or "backward" ("reference" for the reference GEMM)
-    operation: str  # forward, input_grad, weight_grad, bias_act_grad, split_sum, reference
-    kernel: str  # registry name, "split_sum" or "matmul_reference"
+    operation: str  # forward, input_grad, weight_grad, bias_act_grad, split_sum, split_epilogue, reference
+    kernel: str  # registry name, "split_sum", "split_epilogue" (a split forward's second pass) or "matmul_reference"
     jit_name: str
     dispatch: object | None
     grid: tuple
@@ -520,9 +521,11 @@ def inspect(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                     args=args, kwargs=kwargs, target=target, dtype=dtype,
                     trips=plan.kernel.loop_trips(plan.spec, plan.config, plan.split),
                     flops=None if op == BIAS_ACT_GRAD else fwd.spec.flops, elements=elements, element_unit=unit))
-            else:  # the fixed-order sum of split partials (kernels/reduce.py: `for _ in range(0, SPLIT)`)
+            else:  # the fixed-order sum of split partials (kernels/reduce.py: `for _ in range(0, SPLIT)`;
+                # a split forward's: conv2d_split_epilogue_kernel, the same loop, then the epilogue)
+                name = "split_epilogue" if fn.__name__ == "conv2d_split_epilogue_kernel" else "split_sum"
                 records.append(_record(
-                    layer=layer, direction="backward", operation="split_sum", kernel="split_sum",
+                    layer=layer, direction="forward" if op == FORWARD else "backward", operation=name, kernel=name,
                     jit_name=fn.__name__, dispatch=None, fn=fn, grid=grid, args=args, kwargs=kwargs, target=target,
                     dtype=dtype, trips=[int(args[2])], flops=None, elements=int(args[3]), element_unit="output"))
     return records
@@ -573,6 +576,42 @@ def inspect3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     return records
 
 
+def inspect_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                        activation=None, residual=None, direction: str = "forward", gpu: str | None = None,
+                        layer: str | None = None) -> list[LaunchRecord]:
+    """:func:`inspect` for a ``mcconv.conv_transpose2d(...)`` call (arguments as
+    :func:`mcconv.explain_transpose2d`): its forward's launches, the input-gradient kernel with the
+    fused epilogue (and the split epilogue pass of a split 1x1). Forward only: its backward's
+    kernels are those of the convolution it transposes (inspect that convolution)."""
+    from mcconv import _backend, ops
+    from mcconv.ops import input_grad
+    from mcconv.transpose import plan_transpose2d
+
+    if direction != "forward":
+        raise ValueError(f"direction: inspect of a transposed convolution is forward only, got {direction!r}")
+    _check_compilable()
+    target = resolve_target(gpu)
+    x, w, b, r = _meta(input), _meta(weight), _meta(bias), _meta(residual)
+    plan, x = plan_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation, activation=activation,
+                               residual=r, device_name=target.spec().table_name, sm_count=target.sm_count)
+    dtype = _dtype_name(x.dtype)
+    if x.dtype == torch.float32:
+        dtype = "tf32" if _backend.uses_tf32(x.dtype, x.device) else "float32"
+    with ops.capture() as launches:
+        input_grad.run(plan, x, w, b, r)
+    records = []
+    for fn, grid, args, kwargs in launches:
+        main = fn is plan.fn
+        name = plan.kernel.name if main else "split_epilogue"
+        records.append(_record(
+            layer=layer, direction="forward", operation="forward" if main else name, kernel=name,
+            jit_name=fn.__name__, dispatch=plan.dispatch if main else None, fn=fn, grid=grid, args=args,
+            kwargs=kwargs, target=target, dtype=dtype,
+            trips=plan.kernel.loop_trips(plan.spec, plan.config, plan.split) if main else [int(args[2])],
+            flops=plan.spec.flops if main else None, elements=math.prod(plan.out_shape), element_unit="output"))
+    return records
+
+
 @contextlib.contextmanager
 def fp32_mode(mode: str | None):
     """Within: fp32 convolutions use TF32 (``mode`` "tf32") or IEEE fp32 ("float32"), as torch's
@@ -605,7 +644,7 @@ def inspect_layer(layer, dtype: str = "float16", layout: str = "channels_last", 
     from .problems import layer_tensors
 
     torch_dtype = "float32" if dtype == "tf32" else dtype
-    compile_call = inspect3d if layer.op == "conv3d" else inspect
+    compile_call = {"conv3d": inspect3d, "conv_transpose2d": inspect_transpose2d}.get(layer.op, inspect)
     with fp32_mode(dtype if torch_dtype == "float32" else None):
         x, w, b = layer_tensors(layer, torch_dtype, layout, bias=bias)
         return compile_call(x, w, b, *layer.conv_args, activation=activation, direction=direction, gpu=gpu,
