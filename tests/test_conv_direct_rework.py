@@ -275,7 +275,7 @@ def test_alignment_helpers():
 NATIVE_CASES = [
     ("stem fp16", "conv1", "float16", "channels_last", "relu", ["conv_direct"]),
     ("stem tf32 nchw", "conv1", "tf32", "contiguous", "silu", ["conv_direct"]),
-    ("split bf16", "l4.0.conv2", "bfloat16", "channels_last", "relu", ["conv_direct", "split_sum"]),
+    ("split bf16", "l4.0.conv2", "bfloat16", "channels_last", "relu", ["conv_direct", "split_epilogue"]),
     ("64x128 bf16 gelu", "l4.0.conv2", "bfloat16", "channels_last", "gelu", ["conv_direct"]),
     ("nchw runs fp16", "l1.0.conv2", "float16", "contiguous", "hardswish", ["conv_direct"]),
 ]
