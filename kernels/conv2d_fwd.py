@@ -72,6 +72,20 @@ def _int64(value):
 
 
 @triton.jit
+def _tile(M, K_PER_GROUP, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+          GROUP_M: tl.constexpr):
+    """This program's tile of the implicit GEMM (grid axis 0: tiles in GROUP_M order, axis 1: the
+    group): (offs_m, mask_m) output pixels, (offs_n, mask_n) output channels of the group, group."""
+    pid_m, pid_n = grouped_tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K_PER_GROUP, BLOCK_N), GROUP_M)
+    group = tl.program_id(1)
+    offs_m, mask_m = tile_offsets(pid_m, M, BLOCK_M, INDEX_64)
+    offs_n, mask_n = tile_offsets(pid_n, K_PER_GROUP, BLOCK_N, INDEX_64)
+    if INDEX_64:
+        group = group.to(tl.int64)
+    return offs_m, mask_m, offs_n, mask_n, group
+
+
+@triton.jit
 def _tap_bits(id0, ih0, iw0, D, H, W, dil_d, dil_h, dil_w, mask_m,
               KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DEPTH: tl.constexpr, TAP_BITS: tl.constexpr):
     """Per row: bit (kd * KH + kh) * KW + kw set when tap (kd, kh, kw) reads inside the input (and
@@ -257,12 +271,7 @@ def conv2d_fwd_kernel(
     (C_PER_GROUP = FOLD_CP channels per group, no padding left), w the (K, KH, FOLD_RUN) packing.
     """
     M = pixel_count(N, P, Q, INDEX_64)
-    pid_m, pid_n = grouped_tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K_PER_GROUP, BLOCK_N), GROUP_M)
-    group = tl.program_id(1)
-    offs_m, mask_m = tile_offsets(pid_m, M, BLOCK_M, INDEX_64)
-    offs_n, mask_n = tile_offsets(pid_n, K_PER_GROUP, BLOCK_N, INDEX_64)
-    if INDEX_64:
-        group = group.to(tl.int64)
+    offs_m, mask_m, offs_n, mask_n, group = _tile(M, K_PER_GROUP, INDEX_64, BLOCK_M, BLOCK_N, GROUP_M)
     C = _aligned(C_PER_GROUP, C_ALIGN)
     sxn = _aligned(stride_xn, X_ALIGN)
     sxh = _aligned(stride_xh, X_ALIGN)

@@ -17,8 +17,8 @@ sends calls that want those (few channels per group) to the depth im2col instead
 import triton
 import triton.language as tl
 
-from .common import epilogue_store, grouped_tile_ids, pixel_count, split_pixels, tile_offsets
-from .conv2d_fwd import _aligned, _tap_loop
+from .common import epilogue_store, pixel_count, split_pixels
+from .conv2d_fwd import _aligned, _tap_loop, _tile
 
 
 @triton.jit
@@ -48,12 +48,7 @@ def conv3d_fwd_kernel(
     voxel stride_yw apart (a channels_last_3d tensor): its rows are then offs_m * stride_yw,
     and the epilogue splits no voxel index (fewer registers while the accumulator is live)."""
     M = pixel_count(N * OD, P, Q, INDEX_64)
-    pid_m, pid_n = grouped_tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K_PER_GROUP, BLOCK_N), GROUP_M)
-    group = tl.program_id(1)
-    offs_m, mask_m = tile_offsets(pid_m, M, BLOCK_M, INDEX_64)
-    offs_n, mask_n = tile_offsets(pid_n, K_PER_GROUP, BLOCK_N, INDEX_64)
-    if INDEX_64:
-        group = group.to(tl.int64)
+    offs_m, mask_m, offs_n, mask_n, group = _tile(M, K_PER_GROUP, INDEX_64, BLOCK_M, BLOCK_N, GROUP_M)
     C = _aligned(C_PER_GROUP, C_ALIGN)
     sxn = _aligned(stride_xn, X_ALIGN)
     sxd = _aligned(stride_xd, X_ALIGN)

@@ -19,8 +19,29 @@ import mcconv
 from mcconv import ConvSpec
 
 
+class _Layer:
+    """What every layer type shares: its compact description and a copy at another batch size."""
+
+    _symbol = "*"  # between the input's and the weight's shapes in describe()
+
+    def describe(self) -> str:
+        """Compact shape text, e.g. ``32x64x56x56 * 64x64x3x3 s1 p1``."""
+        text = "x".join(map(str, self.input_shape)) + f" {self._symbol} " + "x".join(map(str, self.weight_shape))
+        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
+        if any(getattr(self, "output_padding", ())):
+            text += f" o{_fmt(self.output_padding)}"
+        if any(d != 1 for d in self.dilation):
+            text += f" d{_fmt(self.dilation)}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+    def with_batch(self, n: int):
+        return replace(self, n=n)
+
+
 @dataclass(frozen=True)
-class Conv:
+class Conv(_Layer):
     """One convolution problem: sizes, stride, padding (anything mcconv.conv2d takes), dilation, groups."""
 
     name: str
@@ -64,18 +85,6 @@ class Conv:
         """2*N*K*P*Q*(C/groups)*KH*KW: multiplications and additions counted separately."""
         return self.spec.flops
 
-    def describe(self) -> str:
-        """Compact shape text, e.g. ``32x64x56x56 * 64x64x3x3 s1 p1``."""
-        text = "x".join(map(str, self.input_shape)) + " * " + "x".join(map(str, self.weight_shape))
-        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
-        if self.dilation != (1, 1):
-            text += f" d{_fmt(self.dilation)}"
-        if self.groups != 1:
-            text += f" g{self.groups}"
-        return text
-
-    def with_batch(self, n: int) -> "Conv":
-        return replace(self, n=n)
 
     # -- what the tools call: the operation, torch's, and the dispatch record
 
@@ -100,7 +109,7 @@ class Conv:
 
 
 @dataclass(frozen=True)
-class Conv3dLayer:
+class Conv3dLayer(_Layer):
     """One 3-D convolution problem (a ``mcconv.conv3d`` call): NCDHW sizes, (depth, height, width)
     stride, padding (anything mcconv.conv3d takes) and dilation, groups."""
 
@@ -153,18 +162,6 @@ class Conv3dLayer:
     def conv_args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
-    def describe(self) -> str:
-        """Compact shape text, e.g. ``4x64x16x56x56 * 128x64x3x3x3 s1 p1``."""
-        text = "x".join(map(str, self.input_shape)) + " * " + "x".join(map(str, self.weight_shape))
-        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
-        if self.dilation != (1, 1, 1):
-            text += f" d{_fmt(self.dilation)}"
-        if self.groups != 1:
-            text += f" g{self.groups}"
-        return text
-
-    def with_batch(self, n: int) -> "Conv3dLayer":
-        return replace(self, n=n)
 
     def run(self, x, w, b=None, activation=None):
         return mcconv.conv3d(x, w, b, *self.conv_args, activation=activation)
@@ -192,7 +189,7 @@ class Conv3dLayer:
 
 
 @dataclass(frozen=True)
-class ConvTranspose2dLayer:
+class ConvTranspose2dLayer(_Layer):
     """One transposed convolution (a ``mcconv.conv_transpose2d`` call): input ``(N, C, H, W)``,
     weight ``(C, K / groups, KH, KW)``, output ``(N, K, H_out, W_out)``; stride, padding,
     output_padding and dilation as (height, width) pairs.
@@ -217,6 +214,7 @@ class ConvTranspose2dLayer:
     count: int = 1
 
     op = "conv_transpose2d"
+    _symbol = "T*"  # describe(): e.g. ``8x64x14x14 T* 64x32x4x4 s2 p1``
     memory_format = torch.channels_last
     flops_formula = "2*N*C*H*W*(K/groups)*KH*KW (the transposed convolution's)"
     padding_order = "(top, bottom, left, right) of the convolution it transposes"
@@ -259,20 +257,6 @@ class ConvTranspose2dLayer:
     def conv_args(self) -> tuple:
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
 
-    def describe(self) -> str:
-        """Compact shape text, e.g. ``8x64x14x14 T* 64x32x4x4 s2 p1``."""
-        text = "x".join(map(str, self.input_shape)) + " T* " + "x".join(map(str, self.weight_shape))
-        text += f" s{_fmt(self.stride)} p{_fmt(self.padding)}"
-        if any(self.output_padding):
-            text += f" o{_fmt(self.output_padding)}"
-        if self.dilation != (1, 1):
-            text += f" d{_fmt(self.dilation)}"
-        if self.groups != 1:
-            text += f" g{self.groups}"
-        return text
-
-    def with_batch(self, n: int) -> "ConvTranspose2dLayer":
-        return replace(self, n=n)
 
     def run(self, x, w, b=None, activation=None):
         return mcconv.conv_transpose2d(x, w, b, *self.conv_args, activation=activation)
