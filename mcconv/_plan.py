@@ -9,12 +9,13 @@ lookup and the launch. Plans hold no tensors and nothing derived from tensor *va
 import functools
 import types
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
 from . import _backend, tiles
+from ._spec import Conv3dSpec
 from .registry import Kernel
 
 INT32_LIMIT = 2**31
@@ -31,7 +32,7 @@ class Dispatch:
     config_source: str  # "table ...", "nearest in ...", "heuristic default", "forced" or "autotune"
     key: str  # the tile-table key: dtype and bucketed (M, N, R)
     output_shape: tuple
-    memory_format: str  # "contiguous" or "channels_last"
+    memory_format: str  # "contiguous", "channels_last" or (a 5-D output) "channels_last_3d"
     index_bits: int  # 32, or 64 when a tensor spans 2**31 elements or more
     dot_precision: str | None  # fp32 only: "tf32" or "ieee"; None for 16-bit dtypes and dot-free kernels
     packed_weight: bool = False  # the call first packs the weight into a (KH, KW, C/g, K) copy
@@ -77,12 +78,17 @@ class Plan:
         fp32 = self.spec.dtype == torch.float32 and self.kernel.uses_dot
         return Dispatch(self.kernel.name, self.kernel.operation, types.MappingProxyType(dict(self.config)),
                         self.source, self.key, tuple(self.out_shape),
-                        "channels_last" if self.channels_last else "contiguous", 64 if self.index_64 else 32,
+                        _format_name(self.channels_last, isinstance(self.spec, Conv3dSpec)), 64 if self.index_64 else 32,
                         self.meta.get("DOT_PRECISION") if fp32 else None, self.pack_weight, self.split)
 
     def with_config(self, config: Mapping[str, int]) -> "Plan":
         """The same launch with a forced tile configuration (for ``mcconv tune`` and ``inspect``)."""
         return self.rebuild(forced=dict(config))
+
+
+def _format_name(channels_last: bool, volume: bool) -> str:
+    """The output's memory format as torch names it (a conv3d output's channels_last is channels_last_3d)."""
+    return "contiguous" if not channels_last else "channels_last_3d" if volume else "channels_last"
 
 
 _plans: dict = {}

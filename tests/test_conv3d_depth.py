@@ -51,6 +51,10 @@ def test_dispatch_rule_by_channels_per_group():
     records = mcconv.explain3d(x, torch.empty(8, 32, 3, 3, 3, device="meta"), torch.empty(8, device="meta"),
                                padding=1, direction="all")
     assert records[0].kernel == DEPTH and records[0].output_shape == (2, 8, 4, 6, 6)
+    assert records[0].memory_format == "contiguous"
+    assert _kernel(x.to(memory_format=torch.channels_last_3d), torch.empty(8, 32, 3, 3, 3, device="meta")) == DEPTH
+    assert mcconv.explain3d(x.to(memory_format=torch.channels_last_3d), torch.empty(8, 32, 1, 1, 1, device="meta")
+                            ).memory_format == "channels_last_3d"
     assert [r.kernel for r in records[1:]] == ["bias_act_grad", "conv_dgrad", "conv_wgrad"]
 
 
