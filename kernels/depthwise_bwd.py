@@ -17,7 +17,13 @@ stride_h/g) x TW tap slots (dilation dil/g), walked like the forward. Its weight
 per program; a slot that is no tap of the phase (fewer taps than slots) is skipped by a uniform
 branch, so its zero weight never meets an infinite dY (0 * inf). A channel multiplier above 1, or
 more than 9 slots, takes a runtime loop over (multiplier, slot row) pairs inside each step
-(ROW_LOOP), weights loaded per row.
+(ROW_LOOP), weights loaded per row. The epilogue is the forward's (kernels/depthwise.py, through
+kernels/common.py's epilogue_store), on dX's channels (the input channels c): HAS_BIAS (the bias
+starts the accumulators, once per program), ACTIVATION, STORE_PREACT (z at dX's offsets) and
+HAS_RESIDUAL (read through stride_r*, its pixel offsets hinted by R_ALIGN) are off for the input
+gradient (compiled out: the ordinary input gradient compiles as without them); they make this
+kernel the depthwise transposed convolution with the forward's fused epilogue, in one launch
+(mcconv/transpose.py).
 
 depthwise_wgrad_kernel: dW[k, kh, kw] = sum_{n, p, q} dY[n, k, p, q] * X[n, k // MULT, ih, iw]. Every
 tap of a tap group (all KH rows for up to 9 taps, else rows of them over grid axis 1) accumulates
@@ -34,9 +40,9 @@ import math
 import triton
 import triton.language as tl
 
-from .common import store_tile
+from .common import epilogue_store
 from .depthwise import (at_step, carried_rows, channel_block, column_masks, first_rows, lanes_start, load_row, mask2d,
-                        row_fma, row_shift, tap_vectors, tile2d, unroll_rows, window_row, zero_tile)
+                        per_channel, row_fma, row_shift, tap_vectors, tile2d, unroll_rows, window_row, zero_tile)
 
 
 @triton.constexpr_function
@@ -83,22 +89,25 @@ def slot_weights(w_ptr, w_chan, chan_ok, kh0, kw0, slot_h, stride_wh, stride_ww,
 
 @triton.jit
 def depthwise_dgrad_kernel(
-    # pointers: output gradient, weight, input gradient
-    dy_ptr, w_ptr, dx_ptr,
+    # pointers: output gradient, weight, bias, input gradient, pre-activation, residual (bias, z
+    # and residual: any pointer unless HAS_BIAS, STORE_PREACT, HAS_RESIDUAL; z has dX's strides)
+    dy_ptr, w_ptr, bias_ptr, dx_ptr, z_ptr, r_ptr,
     # sizes: input C x H x W, output K x P x Q; padding; rows per band (on a phase's grid)
     N, C, H, W, K, P, Q, pad_h, pad_w, band_rows,
-    # strides, in elements
+    # strides, in elements (stride_r*: the residual's, unused without one)
     stride_dyn, stride_dyk, stride_dyh, stride_dyw,
     stride_wk, stride_wh, stride_ww,
     stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    stride_rn, stride_rc, stride_rh, stride_rw,
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # geometry, layout and alignment (constexprs derived from the call, see mcconv/ops/input_grad.py)
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
     DIL_H: tl.constexpr, DIL_W: tl.constexpr, COLS: tl.constexpr, CHANNEL_MULT: tl.constexpr,
     ROW_LOOP: tl.constexpr, CHANNELS_LAST: tl.constexpr, C_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr,
-    DX_ALIGN: tl.constexpr,
-    # offsets, tiles
+    DX_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
+    # epilogue (all off for the input gradient), offsets, tiles
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid: (STRIDE_H * STRIDE_W * cdiv(N * cdiv(R0, band_rows) * cdiv(Q0, COLS), BLOCK_M),
@@ -152,6 +161,16 @@ def depthwise_dgrad_kernel(
     else:
         dy_lane = n * stride_dyn + p0 * stride_dyh + q0 * stride_dyw
         dx_lane = n * stride_dxn + (i0 * STRIDE_H + ph) * stride_dxh + (j0 * STRIDE_W + pw) * stride_dxw
+    if HAS_RESIDUAL:  # the residual's offsets of dX's pixels, through its own strides
+        r_chan = offs_c * stride_rc
+        if INDEX_64:
+            r_lane = (n.to(tl.int64) * stride_rn + (i0 * STRIDE_H + ph).to(tl.int64) * stride_rh
+                      + (j0 * STRIDE_W + pw).to(tl.int64) * stride_rw)
+        else:
+            r_lane = n * stride_rn + (i0 * STRIDE_H + ph) * stride_rh + (j0 * STRIDE_W + pw) * stride_rw
+    else:
+        r_chan = dx_chan  # unused: the epilogue's residual branch is compiled out
+        r_lane = dx_lane
     cols_ok = column_masks(q0, Q, COLS, TW, 1, DGW)
     stores_ok = ()
     for j in tl.static_range(COLS):
@@ -168,6 +187,8 @@ def depthwise_dgrad_kernel(
         cols_taps_ok = cols_taps_ok + (kw0 + (TW - 1 - u) * SGW < KW,)
 
     acc0 = zero_tile(BLOCK_M, BLOCK_N, CHANNELS_LAST)
+    if HAS_BIAS:  # the input channel's bias starts every accumulator: added once here, not once per step
+        acc0 += per_channel(tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32), CHANNELS_LAST)
     if not ROW_LOOP:
         ws = slot_weights(w_ptr, offs_c * stride_wk, mask_c, kh0, kw0, 0, stride_wh, stride_ww, TH, TH, TW, KH, KW,
                           SGH, SGW)
@@ -205,9 +226,17 @@ def depthwise_dgrad_kernel(
                                            COLS, CARRY, SHIFT, CHECK_TAPS, DY_ALIGN, CHANNELS_LAST)
             row_ok = s < rows_left
             dx_row, dx_off = at_step(dx_ptr, dx_lane, s * (STRIDE_H * stride_dxh), CHANNELS_LAST)
+            z_row, _ = at_step(z_ptr, dx_lane, s * (STRIDE_H * stride_dxh), CHANNELS_LAST)  # z: dX's offsets
+            r_row, r_off = at_step(r_ptr, r_lane, s * (STRIDE_H * stride_rh), CHANNELS_LAST)
             for j in tl.static_range(COLS):
                 dx_tile = tile2d(tl.multiple_of(dx_off + j * (STRIDE_W * stride_dxw), DX_ALIGN), dx_chan, CHANNELS_LAST)
-                store_tile(accs[j], dx_row, dx_tile, mask2d(stores_ok[j] & row_ok, mask_c, CHANNELS_LAST))
+                if HAS_RESIDUAL:
+                    r_tile = tile2d(tl.multiple_of(r_off + j * (STRIDE_W * stride_rw), R_ALIGN), r_chan, CHANNELS_LAST)
+                else:
+                    r_tile = dx_tile  # unused: the epilogue's residual branch is compiled out
+                # The bias is in acc0 already: HAS_BIAS=False here. All off, this is a plain store of dX.
+                epilogue_store(accs[j], dx_row, z_row, dx_tile, mask2d(stores_ok[j] & row_ok, mask_c, CHANNELS_LAST),
+                               bias_ptr, offs_c, mask_c, r_row, r_tile, False, ACTIVATION, STORE_PREACT, HAS_RESIDUAL)
 
 
 @triton.jit

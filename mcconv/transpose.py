@@ -8,10 +8,9 @@ dL/dz = ``x``. It runs on mcconv's input-gradient kernels (mcconv/ops/input_grad
 ``y = act(conv_transpose2d(x, w) + bias + residual)`` is ONE launch: the bias (per output
 channel), the residual (the output's shape, any strides) and the activation are the kernel's
 epilogue, the forward convolution's (``conv_dgrad``; ``gemm_1x1_dgrad`` for 1x1 stride-1 calls,
-whose split reduction applies it in its second pass). As for the input gradient, ``conv_dgrad``
-reads and writes channels_last: an NCHW input is copied before the launch and the output after
-it. ``depthwise_dgrad`` (one output channel per group) has no epilogue: there the op applies it
-with torch after the kernel.
+whose split reduction applies it in its second pass; ``depthwise_dgrad`` for one output channel
+per group, the depthwise forward's). As for the input gradient, ``conv_dgrad`` reads and writes
+channels_last: an NCHW input is copied before the launch and the output after it.
 
 Its backward, by the same duality, from dL/dz (dL/dy through the activation, fused with the bias
 sum): dL/dx is the ordinary convolution of dL/dz with ``w`` (mcconv's forward kernels), dL/dw the
@@ -367,7 +366,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
     One launch of an input-gradient kernel with the bias, residual and activation fused into its
     epilogue (``mcconv::conv_transpose2d``, a custom op with autograd for input, weight, bias and
-    residual; see the module docstring, also for depthwise calls). Raises
+    residual; see the module docstring), depthwise calls included. Raises
     :class:`mcconv.ConvArgumentError` / :class:`mcconv.ConvTypeError`, naming the argument, for
     what torch refuses.
     """
@@ -402,9 +401,9 @@ def explain_transpose2d(input, weight, bias=None, stride=1, padding=0, output_pa
     """Which kernel and tile configuration :func:`conv_transpose2d` would launch for these
     arguments: a :class:`mcconv.Dispatch` of its input-gradient kernel (``conv_dgrad``;
     ``gemm_1x1_dgrad`` for 1x1 stride-1 calls; ``depthwise_dgrad`` for one output channel per
-    group), the bias, residual and activation in its epilogue (``depthwise_dgrad``'s applied after
-    it). Tensors may be on the ``meta`` device (shapes only); ``device_name`` selects another GPU
-    model's tile table. Raises what the convolution raises for bad arguments."""
+    group), the bias, residual and activation in its epilogue. Tensors may be on the ``meta``
+    device (shapes only); ``device_name`` selects another GPU model's tile table. Raises what the
+    convolution raises for bad arguments."""
     return plan_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation,
                             activation=activation, residual=residual, device_name=device_name)[0].dispatch
 

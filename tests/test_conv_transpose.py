@@ -133,7 +133,7 @@ def test_residual_and_activation(activation):
 # --------------------------------------------------------------------------- the fused epilogue
 
 # One case per kernel the op launches: conv_dgrad, gemm_1x1_dgrad (1x1, stride 1) and
-# depthwise_dgrad (one output channel per group; its epilogue runs in torch after the kernel).
+# depthwise_dgrad (one output channel per group), each with the epilogue in its own store.
 KERNEL_CASES = {
     "conv_dgrad": (2, 4, (3, 4), 3, (3, 3), dict(stride=2, padding=1, output_padding=1)),
     "gemm_1x1_dgrad": (2, 6, (3, 4), 4, (1, 1), dict(groups=2)),
@@ -176,7 +176,7 @@ def test_fused_epilogue_values_and_gradients(activation, epilogue):
 def test_forward_is_one_launch(kernel, train):
     """The forward, with bias, residual and activation (and for training silu's pre-activation z,
     which its derivative reads), is one launch of the input-gradient kernel, its epilogue
-    constexprs on; depthwise_dgrad has no epilogue: one launch, then torch."""
+    constexprs on."""
     n, c_in, size, c_out, k, options = KERNEL_CASES[kernel]
     x, w, b = _make(n, c_in, size, c_out, k, options.get("groups", 1))
     x = x.to(memory_format=torch.channels_last).requires_grad_(train)  # channels_last: no layout copies either
@@ -185,14 +185,57 @@ def test_forward_is_one_launch(kernel, train):
         mcconv.conv_transpose2d(x, w, b, **options, activation="silu", residual=r)
     assert len(launches) == 1
     fn, _, args, meta = launches[0]
-    if kernel == "depthwise_dgrad":
-        assert fn.__name__ == "depthwise_dgrad_kernel"
-        return
-    assert fn.__name__ == {"conv_dgrad": "conv2d_dgrad_kernel", "gemm_1x1_dgrad": "conv1x1_gemm_kernel"}[kernel]
+    assert fn.__name__ == {"conv_dgrad": "conv2d_dgrad_kernel", "gemm_1x1_dgrad": "conv1x1_gemm_kernel",
+                           "depthwise_dgrad": "depthwise_dgrad_kernel"}[kernel]
     assert meta["HAS_BIAS"] and meta["HAS_RESIDUAL"] and meta["STORE_PREACT"] == train
     assert meta["ACTIVATION"] is mcconv.ACTIVATIONS["silu"].device()
     # pointers: (dL/dz = x, w, bias, y, z, residual); z is y's own tensor only when not stored
     assert args[2] is b and args[5] is r and (args[4] is not args[3]) == train
+
+
+# depthwise_dgrad's own paths: tiles [lanes, channels] for a channels_last input, [channels, lanes]
+# for NCHW; a channel multiplier (C_in = m * C_out, groups = C_out) takes its row loop; stride 3
+# with a 2-row kernel leaves stride phases that no tap reaches (bias + residual alone there);
+# dilation; unbatched; fp16. (N, C_out, multiplier, size, kernel, options, input layout, dtype);
+# each case takes one activation, bias and residual layout (EPILOGUES) rotating.
+DEPTHWISE_CASES = {
+    "nchw-stride2": (2, 4, 1, (3, 4), (3, 3), dict(stride=2, padding=1, output_padding=1), "contiguous", torch.float32),
+    "channels_last-stride1": (2, 4, 1, (3, 4), (3, 3), dict(padding=1), "channels_last", torch.float32),
+    "x2-channels_last-stride3-dil12": (2, 2, 2, (3, 3), (2, 3), dict(stride=3, dilation=(1, 2), output_padding=(2, 1)),
+                                       "channels_last", torch.float32),
+    "x2-unbatched-nchw-dil2": (None, 3, 2, (4, 3), (3, 3), dict(dilation=2, padding=1), "contiguous", torch.float32),
+    "fp16-channels_last-stride12": (2, 8, 1, (3, 4), (3, 3), dict(stride=(1, 2), padding=1, output_padding=(0, 1)),
+                                    "channels_last", torch.float16),
+}
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise_fused_epilogue_values_and_gradients(case):
+    """depthwise_dgrad with the epilogue in its store, on each of its paths, against float64 torch
+    (values; gradients of x, w, bias, residual); the pre-activation z stored by the launch where the
+    activation's derivative reads it."""
+    n, c_out, mult, size, k, conv, layout, dtype = DEPTHWISE_CASES[case]
+    i = list(DEPTHWISE_CASES).index(case)
+    activation = ACTIVATION_NAMES[i % len(ACTIVATION_NAMES)]
+    has_bias, r_layout = EPILOGUES[list(EPILOGUES)[i % len(EPILOGUES)]]
+    conv = dict(conv, groups=c_out)
+    x, w, b = _make(n, c_out * mult, size, c_out, k, c_out, bias=has_bias, dtype=dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    dispatch = mcconv.explain_transpose2d(x, w, b, **conv, activation=activation)
+    assert dispatch.kernel == "depthwise_dgrad"
+    r = _residual(dispatch.output_shape, r_layout)
+    r = None if r is None else r.to(dtype)
+    with mcconv.ops.capture() as launches:  # the training forward: one launch, z stored where read
+        mcconv.conv_transpose2d(x.requires_grad_(), w, b, **conv, activation=activation, residual=r)
+    (fn, _, args, meta), = launches
+    assert fn.__name__ == "depthwise_dgrad_kernel" and meta["HAS_BIAS"] == has_bias
+    assert meta["HAS_RESIDUAL"] == (r is not None) and meta["CHANNELS_LAST"] == (layout == "channels_last")
+    assert meta["STORE_PREACT"] == (activation is not None and mcconv.ACTIVATIONS[activation].needs_preact)
+    assert meta["ROW_LOOP"] == (mult > 1)
+    y = _check_values_and_grads(mcconv.conv_transpose2d, x.detach(), w, b, dict(conv, activation=activation),
+                                dtype, residual=r)
+    assert y.stride() == F.conv_transpose2d(x.detach().float(), w.detach().float(), None, **conv).stride()
 
 
 def test_split_1x1_applies_the_epilogue_in_its_second_pass(monkeypatch):
@@ -267,12 +310,14 @@ def test_layouts_values_and_output_strides_like_torch(layout):
     assert_close(y, F.conv_transpose2d(f64(x), f64(w), f64(b), stride=2), torch.float32, 36)
 
 
-def test_empty_batch_like_torch():
-    x, w, b = _make(0, 3, (4, 4), 2, (3, 3))
-    y = mcconv.conv_transpose2d(x, w, b, stride=2)
-    assert y.shape == F.conv_transpose2d(x.cpu(), w.cpu(), b.cpu(), stride=2).shape == (0, 2, 9, 9)
+@pytest.mark.parametrize("c_in, groups", [(3, 1), (2, 2)], ids=["conv_dgrad", "depthwise_dgrad"])
+def test_empty_batch_like_torch(c_in, groups):
+    x, w, b = _make(0, c_in, (4, 4), 2, (3, 3), groups)
+    y = mcconv.conv_transpose2d(x, w, b, stride=2, groups=groups)
+    assert y.shape == F.conv_transpose2d(x.cpu(), w.cpu(), b.cpu(), stride=2, groups=groups).shape == (0, 2, 9, 9)
     r = torch.zeros(0, 2, 9, 9, device=DEVICE, requires_grad=True)
-    y = mcconv.conv_transpose2d(x.requires_grad_(), w.requires_grad_(), b, stride=2, activation="gelu", residual=r)
+    y = mcconv.conv_transpose2d(x.requires_grad_(), w.requires_grad_(), b, stride=2, groups=groups, activation="gelu",
+                                residual=r)
     assert y.shape == (0, 2, 9, 9)
     gx, gw, gr = torch.autograd.grad(y.sum(), (x, w, r))
     assert gx.shape == x.shape and gr.shape == r.shape and gw.abs().sum() == 0  # no pixels: zero
@@ -472,6 +517,19 @@ def test_opcheck_with_activation_and_residual(op, activation):
     args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 1], [1, 0], [1, 0], [1, 2], 2,
             activation, r.requires_grad_())
     torch.library.opcheck(getattr(OPS, op).default, args)
+
+
+def test_opcheck_depthwise_with_activation_and_residual():
+    """The preact op (z stored by the launch) on depthwise_dgrad with its epilogue: an NCHW input,
+    channel multiplier 2, a channels_last residual."""
+    x = torch.randn(1, 4, 2, 3, device=DEVICE)
+    w = torch.randn(4, 1, 3, 3, device=DEVICE)  # groups 2: C_out = 2, one output channel per group
+    b = torch.randn(2, device=DEVICE)
+    r = torch.randn(1, 2, 4, 6, device=DEVICE).to(memory_format=torch.channels_last)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [2, 2], [1, 1], [1, 1], [1, 1], 2,
+            "gelu", r.requires_grad_())
+    assert mcconv.explain_transpose2d(x, w, b, 2, 1, 1, 2, activation="gelu", residual=r).kernel == "depthwise_dgrad"
+    torch.library.opcheck(OPS.conv_transpose2d_preact.default, args)
 
 
 def _decoder(x, w1, b1, w2, r):

@@ -15,9 +15,8 @@ The result is laid out channels_last when dL/dz is (torch's suggested format), e
 An epilogue on dL/dx -- ``act(dL/dx + bias + residual)``, the bias per input channel, the residual
 of the input's shape, optionally the pre-activation z stored beside it -- makes the input gradient
 a transposed convolution's forward (mcconv.transpose). It is off for the input gradient itself
-(its constexprs compiled out); `conv_dgrad` and `gemm_1x1_dgrad` fuse it into their store (a
-split `gemm_1x1_dgrad` into the split epilogue pass), `depthwise_dgrad` has none: its result
-takes the epilogue in torch after the kernel.
+(its constexprs compiled out); every kernel here fuses it into its store, as the forward kernels
+do (a split `gemm_1x1_dgrad` into the split epilogue pass).
 """
 import math
 
@@ -127,6 +126,7 @@ class DepthwiseDgrad(Kernel):
     jit_name = "depthwise_dgrad_kernel"
     uses_dot = False
     about = "input gradient of a depthwise convolution, element-wise, rows split by stride phase"
+    fused_epilogue = True  # the depthwise forward's epilogue, on dX's channels (input channels)
 
     def applies(self, spec):
         return spec.is_depthwise
@@ -152,25 +152,51 @@ class DepthwiseDgrad(Kernel):
         th, tw = _cdiv(spec.kh, sh // gh), _cdiv(spec.kw, sw // gw)
         row_loop = spec.k // spec.c > 1 or th * tw > rules.MAX_REGISTER_TAPS
         rows0, cols0 = _cdiv(spec.h, sh), _cdiv(spec.w, sw)
-        cols = rules.cols(cols0, tw, 1, dw // gw)
+        # phase grids that are plain stride-1, undilated correlations (every slot a tap of every phase)
+        plain = sh // gh == sw // gw == dh // gh == dw // gw == 1
+        cols = rules.cols(cols0, tw, 1, dw // gw, self.max_cols(spec, th * tw, row_loop, plain))
         unroll = rules.unroll(th, 1, dh // gh, rules.MAX_REGISTER_TAPS + 1 if row_loop else th * tw)
         band = rules.band_rows(spec.n, rows0, cols0, spec.c, cols, unroll)
         return {"slots": (th, tw), "cols": cols, "band": band, "unroll": unroll, "row_loop": row_loop,
                 "lanes": spec.n * _cdiv(rows0, band) * _cdiv(cols0, cols)}
 
+    @staticmethod
+    def max_cols(spec, slots: int, row_loop: bool, plain: bool) -> int:
+        """COLS at most: 4, and 2 for a transposed convolution's epilogue where its registers do not fit
+        beside the window: more than 4 tap slots' weights in registers (3x3 at stride 1, 5x5 at stride
+        2; not the row loop), unless the epilogue is a bias and/or relu on 16-bit data and the phase
+        grids are plain (stride-1, undilated) correlations. Triton 3.9, sm_90: COLS 4 spilled up to
+        500 bytes per thread with a residual, another activation (which may also store z), fp32 rows,
+        dilated phase grids or a 5x5 kernel at stride 2 (taps checked per phase); 3x3 and 4x4 kernels
+        at stride 2 (4 slots) spill nothing at 4. The input gradient itself (no epilogue) keeps 4."""
+        if spec.activation is None and not spec.has_bias and not spec.has_residual:
+            return 4
+        light = ((spec.activation is None or spec.activation.name == "relu") and not spec.has_residual
+                 and (spec.dtype is None or spec.dtype.itemsize <= 2) and plain)
+        return 4 if light or row_loop or slots <= 4 else 2
+
     def grid(self, spec, config, split=1):
         sh, sw = spec.stride
         return (sh * sw * _cdiv(self._walk(spec)["lanes"], config["BLOCK_M"]), _cdiv(spec.c, config["BLOCK_N"]))
 
+    def pointers(self, grad_z, weight, grad_input, bias=None, preact=None, residual=None):
+        # (dy, w, bias, dx, z, residual): without an epilogue any pointer stands in for bias, z and
+        # residual (their constexprs are off).
+        return _epilogue_pointers(grad_z, weight, grad_input, bias, preact, residual)
+
     def arguments(self, spec, strides, split=1):
         rules, walk = self._rules(), self._walk(spec)
         dy, w, dx = strides["dy"], strides["w"], strides["dx"]
+        r = strides.get("r", (0, 0, 0, 0))
+        pixels = (spec.n, spec.c, spec.h, spec.w)
         meta = {**rules.geometry(spec, walk["cols"]), "ROW_LOOP": walk["row_loop"], "CHANNELS_LAST": dy[1] == 1,
                 "C_ALIGN": rules.pow2_dividing(spec.c, cap=1024),
                 "DY_ALIGN": rules.pixel_align((spec.n, spec.k, spec.p, spec.q), dy),
-                "DX_ALIGN": rules.pixel_align((spec.n, spec.c, spec.h, spec.w), dx)}
+                "DX_ALIGN": rules.pixel_align(pixels, dx),
+                # the residual's pixel offsets likewise; 1 without one (no compile variant per placeholder)
+                "R_ALIGN": rules.pixel_align(pixels, r) if spec.has_residual else 1, **_epilogue(spec)}
         return ((spec.n, spec.c, spec.h, spec.w, spec.k, spec.p, spec.q, spec.padding[0], spec.padding[2],
-                 walk["band"], *dy, w[0], w[2], w[3], *dx), meta)
+                 walk["band"], *dy, w[0], w[2], w[3], *dx, *r), meta)
 
     def loop_trips(self, spec, config, split=1):
         # kernels/depthwise_bwd.py: `for s0 in range(0, band_rows, UNROLL)`, the tap slots unrolled;
@@ -354,6 +380,9 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
         raise ConvArgumentError(f"grad_z: expected the convolution's output shape {spec.output_shape}, "
                                 f"got {tuple(grad_z.shape)}")
     kernel = dispatch(INPUT_GRAD, spec)
+    epilogue = spec.has_bias or spec.has_residual or spec.activation is not None
+    if epilogue and not getattr(kernel, "fused_epilogue", False):  # run() composes no epilogue of its own
+        raise NotImplementedError(f"{kernel.name}: no fused epilogue (every input-gradient kernel must have one)")
     if channels_last is None:
         channels_last = _plan.follows_channels_last(grad_z)
     out_strides = _plan.contiguous_strides(input_shape, channels_last)
@@ -414,15 +443,14 @@ def run(plan: _plan.Plan, grad_z, weight, bias=None, residual=None, preact: bool
     """Launch an input-gradient plan; returns dL/dx, with the plan's epilogue ``act(dL/dx + bias +
     residual)``; ``(dx, z)`` with ``preact``, z the pre-activation (dx itself without an activation)."""
     spec = plan.spec
-    epilogue = spec.has_bias or spec.has_residual or spec.activation is not None
-    fused = plan.launch and getattr(plan.kernel, "fused_epilogue", False)
+    epilogue = spec.has_bias or spec.has_residual or spec.activation is not None  # in the kernel (_build)
     store_z = preact and spec.activation is not None
     # conv_dgrad may write a channels_last dX (extra["grad_input_strides"]) and return its copy.
     dx_strides = plan.extra.get("grad_input_strides", plan.out_strides) if plan.launch else plan.out_strides
     dx = torch.empty_strided(plan.out_shape, dx_strides, dtype=grad_z.dtype, device=grad_z.device)
     z = torch.empty_strided(plan.out_shape, dx_strides, dtype=grad_z.dtype, device=grad_z.device) if store_z else dx
-    if not plan.launch:
-        dx.zero_()  # an empty reduction (no output channels) sums to zero
+    if not plan.launch:  # an empty output: no element for the epilogue either
+        dx.zero_()
     else:
         if grad_z.device.type != "cuda":
             _backend.check_runnable(grad_z.device)
@@ -431,16 +459,14 @@ def run(plan: _plan.Plan, grad_z, weight, bias=None, residual=None, preact: bool
         if plan.extra.get("copy_grad_z"):  # a channels_last copy of dL/dz (conv_dgrad; gemm_1x1_dgrad)
             grad_z = _channels_last_copy(grad_z)
         operands = (grad_z, weight, dx)
-        if fused and epilogue:  # the kernels index the bias with unit stride (b[::2] is copied)
+        if epilogue:  # the kernels index the bias with unit stride (b[::2] is copied)
             operands += (None if bias is None else bias.contiguous(), z if store_z else None, residual)
         with _backend.launch_guard(grad_z.device):
             if plan.split > 1:
                 _run_split(plan, store_z, operands)
             else:
-                meta = {**plan.meta, "STORE_PREACT": True} if store_z and fused else plan.meta
+                meta = {**plan.meta, "STORE_PREACT": True} if store_z else plan.meta
                 _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(*operands), *plan.args), meta)
-    if epilogue and not fused:
-        _torch_epilogue(dx, z, bias, residual, spec.activation)
     dx = _in_layout(dx, plan.out_strides)
     return (dx, dx if z is dx else _in_layout(z, plan.out_strides)) if preact else dx
 
@@ -450,18 +476,6 @@ def _in_layout(t, strides):
     if t.stride() == strides:
         return t
     return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
-
-
-def _torch_epilogue(dx, z, bias, residual, act) -> None:
-    """The epilogue in place, in torch: for a kernel without one (depthwise_dgrad) or no launch."""
-    if bias is not None:
-        dx.add_(bias.view(-1, 1, 1))
-    if residual is not None:
-        dx.add_(residual)
-    if z is not dx:
-        z.copy_(dx)
-    if act is not None:
-        dx.copy_(act.reference(dx))
 
 
 def _run_split(plan, store_z, operands) -> None:
