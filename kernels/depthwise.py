@@ -167,13 +167,12 @@ def unroll_rows(kh, stride_h, dil_h, row_loop):
 @triton.jit
 def column_masks(col0, width, COLS: tl.constexpr, KW: tl.constexpr, STRIDE_W: tl.constexpr, DIL_W: tl.constexpr):
     """Per lane, whether window column c (input column col0 + c) is inside the image, for every
-    column of the window (None where no (output column, tap) pair reads it)."""
+    column of the window. Columns no (output column, tap) pair reads get one too, never used
+    (dead code to the compiler): a tuple holding None instead failed to compile for the GPU
+    (dilated windows of one output column per lane), though the interpreter took it."""
     oks = ()
     for c in tl.static_range(window_columns(COLS, KW, STRIDE_W, DIL_W)):
-        if column_used(c, COLS, KW, STRIDE_W, DIL_W):
-            oks = oks + ((col0 + c).to(tl.uint32) < width,)
-        else:
-            oks = oks + (None,)
+        oks = oks + ((col0 + c).to(tl.uint32) < width,)
     return oks
 
 

@@ -176,6 +176,9 @@ GEOMETRIES = [
     ("depthwise 3x3", (2, 32, 9, 9), (32, 1, 3, 3), 1, 1, 1, 32),
     ("depthwise x2 5x5 stride 2", (2, 16, 11, 11), (32, 1, 5, 5), 2, 2, 1, 16),
     ("unbatched, small image (one wgrad split)", (16, 4, 4), (32, 16, 3, 3), 1, 1, 1, 1),
+    # one output column per lane with a dilated window: unread window columns (a tuple holding
+    # None there failed to compile for the GPU)
+    ("depthwise 3x3 dilation 2, one output column", (2, 8, 5, 3), (8, 1, 3, 3), 1, 1, 2, 8),
 ]
 
 # Shape-only (meta) problems of 2**31 elements or more: the INDEX_64 variants.
@@ -308,6 +311,9 @@ TRANSPOSE_GEOMETRIES = [
     ("transposed 3x3 to 24 channels", (2, 40, 9, 9), (40, 24, 3, 3), dict(stride=2, padding=1, output_padding=1)),
     ("transposed 1x1", (2, 64, 8, 8), (64, 64, 1, 1), {}),
     ("transposed 1x1, split", (2, 2048, 3, 3), (2048, 48, 1, 1), {}),
+    ("transposed depthwise 3x3 stride 2", (2, 32, 9, 9), (32, 1, 3, 3),
+     dict(stride=2, padding=1, output_padding=1, groups=32)),
+    ("transposed depthwise 3x3", (2, 32, 9, 9), (32, 1, 3, 3), dict(padding=1, groups=32)),
 ]
 
 
@@ -328,7 +334,7 @@ def drive_transpose_paths(mcconv, backend):
         _context = f"mcconv.conv_transpose2d {mode} {layout} {label}, activation={activation}, train={train}"
         x = _tensor(x_shape, dtype, layout, requires_grad=train)
         w = _tensor(w_shape, dtype, "contiguous", requires_grad=train)
-        b = _tensor((w_shape[1],), dtype, "contiguous") if i % 3 else None
+        b = _tensor((w_shape[1] * options.get("groups", 1),), dtype, "contiguous") if i % 3 else None
         out_shape = mcconv.explain_transpose2d(x, w, b, **options).output_shape
         r = _tensor(out_shape, dtype, (layout, "contiguous", "channels_last")[i % 3]) if i % 4 else None
         with torch.set_grad_enabled(train):
