@@ -930,12 +930,16 @@ def _configure(p) -> None:
     from .problems import LAYOUTS
     from .suites import SUITES
 
-    p.add_argument("--input", help="input shape N,C,H,W (e.g. 32,64,56,56)")
-    p.add_argument("--weight", help="weight shape K,C/groups,KH,KW (e.g. 64,64,3,3)")
-    p.add_argument("--stride", default="1", help="int or 'h,w'")
-    p.add_argument("--padding", default="0", help="int, 'h,w', 'top,bottom,left,right', 'same' or 'valid'")
-    p.add_argument("--dilation", default="1", help="int or 'h,w'")
+    p.add_argument("--input", help="input shape N,C,H,W (e.g. 32,64,56,56); N,C,D,H,W for conv3d")
+    p.add_argument("--weight", help="weight shape K,C/groups,KH,KW (e.g. 64,64,3,3); K,C/groups,KD,KH,KW for conv3d")
+    p.add_argument("--stride", default="1", help="int, 'h,w' (conv3d: 'd,h,w')")
+    p.add_argument("--padding", default="0", help="int, 'h,w', 'top,bottom,left,right', 'same' or 'valid' "
+                   "(conv3d: int, 'd,h,w', 'same', 'valid')")
+    p.add_argument("--dilation", default="1", help="int or 'h,w' (conv3d: 'd,h,w')")
     p.add_argument("--groups", type=int, default=1, help="channel groups")
+    p.add_argument("--transposed", action="store_true",
+                   help="a transposed convolution (conv_transpose2d, forward only): weight C,K/groups,KH,KW")
+    p.add_argument("--output-padding", default="0", help="with --transposed: int or 'h,w'")
     p.add_argument("--suite", choices=sorted(SUITES), help="every layer of a suite instead of one convolution")
     p.add_argument("--batch", type=int, help="with --suite: batch size (default: the suite's own)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float16",
