@@ -7,6 +7,7 @@ torch 2.13 does (each error test first runs torch and asserts that it raises); t
 state dict and mcconv.convert. Shapes are tiny: the suite runs the kernels through Triton's
 interpreter on the CPU.
 """
+import math
 import sys
 
 import numpy as np
@@ -167,10 +168,17 @@ GRAD_CASES = {  # options, groups, activation, input layout
 
 @pytest.mark.parametrize("options, groups, activation, layout", GRAD_CASES.values(), ids=GRAD_CASES.keys())
 def test_gradients_match_float64_torch(options, groups, activation, layout):
-    c, k = 3, 6
+    check_gradients(3, 6, options, groups, activation, layout)
+
+
+def check_gradients(c, k, options, groups, activation, layout, kernel=None):
+    """Values and the gradients of input, weight, bias and residual against float64 torch, for a
+    (2, c, 5, 4, 4) input and (k, c / groups, 2, 3, 2) weight; ``kernel``: the forward's, checked."""
     x = _randn(2, c, 5, 4, 4).to(memory_format=layout).requires_grad_()
-    w = _randn(k, c // groups, 2, 3, 2, requires_grad=True)
+    w = (_randn(k, c // groups, 2, 3, 2) / math.sqrt(c)).requires_grad_()
     b = _randn(k, requires_grad=True)
+    if kernel is not None:
+        assert mcconv.explain3d(x, w, groups=groups, **options).kernel == kernel
     r = _randn(ref64(x, w, groups=groups, **options).shape, requires_grad=True)
     y = mcconv.conv3d(x, w, b, groups=groups, activation=activation, residual=r, **options)
     leaves64 = [t.detach().double().cpu().requires_grad_() for t in (x, w, b, r)]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import mcconv
 from mcconv.ops import forward3d
 from reference import DEVICE, DTYPES, assert_conv_close
-from test_conv3d import CASES, CL3, GRAD_CASES, LAYOUTS, _randn, conv3d_reference, ref64
+from test_conv3d import CASES, CL3, GRAD_CASES, LAYOUTS, _randn, check_gradients, ref64
 
 DEPTH = "conv3d_direct"
 
@@ -159,29 +159,11 @@ def test_changed_weights_and_inputs_are_seen():
 
 @pytest.mark.parametrize("options, groups, activation, layout", GRAD_CASES.values(), ids=GRAD_CASES.keys())
 def test_gradients_match_float64_torch(depth_everywhere, options, groups, activation, layout):
-    _check_gradients(3, 6, options, groups, activation, layout)
+    check_gradients(3, 6, options, groups, activation, layout, kernel=DEPTH)
 
 
 def test_gradients_at_sixteen_channels_gelu_groups():
-    _check_gradients(32, 16, dict(stride=(1, 2, 1), padding=1), 2, "gelu", CL3)
-
-
-def _check_gradients(c, k, options, groups, activation, layout):
-    x = _randn(2, c, 5, 4, 4).to(memory_format=layout).requires_grad_()
-    w = (_randn(k, c // groups, 2, 3, 2) / c).requires_grad_()
-    b = _randn(k, requires_grad=True)
-    assert _kernel(x, w, groups=groups, **options) == DEPTH
-    r = _randn(ref64(x, w, groups=groups, **options).shape, requires_grad=True)
-    y = mcconv.conv3d(x, w, b, groups=groups, activation=activation, residual=r, **options)
-    leaves64 = [t.detach().double().cpu().requires_grad_() for t in (x, w, b, r)]
-    y64 = conv3d_reference(*leaves64[:3], groups=groups, activation=activation, residual=leaves64[3], **options)
-    gy = _randn(y.shape)
-    grads = torch.autograd.grad(y, (x, w, b, r), gy)
-    grads64 = torch.autograd.grad(y64, leaves64, gy.double().cpu())
-    assert_conv_close(y, y64, torch.float32, w[0].numel())
-    for got, want, t in zip(grads, grads64, (x, w, b, r)):
-        assert got.shape == t.shape
-        assert_conv_close(got, want, torch.float32, y[:, 0].numel() * k)
+    check_gradients(32, 16, dict(stride=(1, 2, 1), padding=1), 2, "gelu", CL3, kernel=DEPTH)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "cl3d"])
