@@ -315,6 +315,18 @@ def check_tensor(name: str, t, ranks=None, what: str = "") -> None:
         raise ConvTypeError(f"{name}: expected dtype float16, bfloat16 or float32, got {t.dtype}")
 
 
+def check_types(input, weight, bias=None, residual=None) -> None:
+    """``input`` and ``weight`` are tensors, ``bias`` and ``residual`` tensors or None: what the
+    entry points of conv1d and conv3d check before they read any shape (messages as check_tensor's
+    and check_like's)."""
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise ConvTypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("residual", residual), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ConvTypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+
+
 def check_like(name: str, t, ref_name: str, ref: torch.Tensor) -> None:
     """``t`` is a tensor of ``ref``'s dtype on ``ref``'s device (tl.dot takes one dtype)."""
     if not isinstance(t, torch.Tensor):

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from . import _autograd, _backend
 from ._plan import follows_channels_last, option_key, tensor_key
-from ._spec import Conv3dSpec, ConvArgumentError, ConvTypeError, _is_int, check_groups, check_like, check_tensor
+from ._spec import (Conv3dSpec, ConvArgumentError, ConvTypeError, _is_int, check_groups, check_like, check_tensor,
+                    check_types)
 from .epilogue import activation as _activation
 from .ops import forward3d
 
@@ -163,14 +164,7 @@ def _validated(input, weight, bias, stride, padding, dilation, groups, residual)
     """A conv3d call checked in 3-D terms (errors name conv3d's arguments as given): ``(input,
     weight, bias, residual, (stride, pads, dilation, groups, (D_out, P, Q)))``, the tensors cast
     to the autocast dtype first under autocast, as ``aten::conv3d`` does."""
-    if not isinstance(input, Tensor):
-        raise ConvTypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
-    if not isinstance(weight, Tensor):
-        raise ConvTypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
-    if residual is not None and not isinstance(residual, Tensor):
-        raise ConvTypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
-    if bias is not None and not isinstance(bias, Tensor):
-        raise ConvTypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+    check_types(input, weight, bias, residual)
     if input.dim() not in (4, 5):
         raise ConvArgumentError(f"input: expected a 4-D (C, D, H, W) or 5-D (N, C, D, H, W) tensor, got "
                                 f"{input.dim()}-D with shape {tuple(input.shape)}")

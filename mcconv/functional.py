@@ -2,11 +2,10 @@
 import operator
 
 import torch
-from torch import Tensor
 
 from . import _autograd
 from ._plan import option_key
-from ._spec import ConvArgumentError, ConvTypeError, _is_int, check_groups
+from ._spec import ConvArgumentError, ConvTypeError, _is_int, check_groups, check_types
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
@@ -168,12 +167,7 @@ def conv1d_views(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     Validates the call in 1-D terms first, so errors name conv1d's arguments as given.
     ``mcconv.explain(*views[:7], residual=views[7])`` says which kernel runs (see :func:`explain1d`).
     """
-    if not isinstance(input, Tensor):
-        raise ConvTypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
-    if not isinstance(weight, Tensor):
-        raise ConvTypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
-    if residual is not None and not isinstance(residual, Tensor):
-        raise ConvTypeError(f"residual: expected a torch.Tensor or None, got {type(residual).__name__}")
+    check_types(input, weight, bias, residual)
     if input.dim() not in (2, 3):
         raise ConvArgumentError(f"input: expected a 2-D (C, L) or 3-D (N, C, L) tensor, got {input.dim()}-D "
                                 f"with shape {tuple(input.shape)}")
