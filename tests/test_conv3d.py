@@ -199,12 +199,16 @@ def _chain(x, w1, b1, w2, r):
 
 
 def test_compile_fullgraph_forward_and_backward():
-    leaves = [_randn(1, 3, 4, 3, 3), _randn(4, 3, 2, 3, 1) / 3, _randn(4), _randn(4, 1, 3, 3, 3) / 2,
-              _randn(1, 4, 4, 3, 3)]
+    check_compiled_matches_eager(_chain, [_randn(1, 3, 4, 3, 3), _randn(4, 3, 2, 3, 1) / 3, _randn(4),
+                                          _randn(4, 1, 3, 3, 3) / 2, _randn(1, 4, 4, 3, 3)])
+
+
+def check_compiled_matches_eager(fn, leaves):
+    """``fn`` under torch.compile(fullgraph=True): outputs and gradients of every leaf as eager's."""
     leaves = [t.requires_grad_() for t in leaves]
     # aot_eager: traces forward and backward through the custom ops' fakes, without a C++ build
-    compiled = torch.compile(_chain, fullgraph=True, dynamic=False, backend="aot_eager")
-    out, out_eager = compiled(*leaves), _chain(*leaves)
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend="aot_eager")
+    out, out_eager = compiled(*leaves), fn(*leaves)
     torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
     grads = torch.autograd.grad(out.square().sum(), leaves)
     grads_eager = torch.autograd.grad(out_eager.square().sum(), leaves)

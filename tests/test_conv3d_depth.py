@@ -15,7 +15,8 @@ import torch.nn.functional as F
 import mcconv
 from mcconv.ops import forward3d
 from reference import DEVICE, DTYPES, assert_conv_close
-from test_conv3d import CASES, CL3, GRAD_CASES, LAYOUTS, _randn, check_gradients, ref64
+from test_conv3d import (CASES, CL3, GRAD_CASES, LAYOUTS, _randn, check_compiled_matches_eager, check_gradients,
+                         ref64)
 
 DEPTH = "conv3d_direct"
 
@@ -183,16 +184,8 @@ def _block(x, w1, b1, w2, r):
 
 
 def test_compile_fullgraph_forward_and_backward():
-    leaves = [_randn(1, 16, 4, 3, 3), _randn(32, 16, 2, 3, 1) / 8, _randn(32), _randn(16, 16, 3, 3, 3) / 8,
-              _randn(1, 32, 4, 3, 3)]
-    leaves = [t.requires_grad_() for t in leaves]
-    compiled = torch.compile(_block, fullgraph=True, dynamic=False, backend="aot_eager")
-    out, out_eager = compiled(*leaves), _block(*leaves)
-    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
-    grads = torch.autograd.grad(out.square().sum(), leaves)
-    grads_eager = torch.autograd.grad(out_eager.square().sum(), leaves)
-    for got, want in zip(grads, grads_eager):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    check_compiled_matches_eager(_block, [_randn(1, 16, 4, 3, 3), _randn(32, 16, 2, 3, 1) / 8, _randn(32),
+                                          _randn(16, 16, 3, 3, 3) / 8, _randn(1, 32, 4, 3, 3)])
 
 
 class _Mixed(torch.nn.Module):
