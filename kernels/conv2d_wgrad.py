@@ -135,10 +135,12 @@ def _column_offsets(cols, COLS, stride_c, stride_xh, FOLD_WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _store_tile(acc, dw_ptr, rows, cols, ROWS, COLS, group, K_PER_GROUP, C_PER_GROUP, KH, KW, kh, kw,
+def _store_tile(acc, dw_ptr, rows, cols, ROWS, COLS, group, K_PER_GROUP, KH, KW, kh, kw,
                 row_shift, col_shift, split, stride_ds, stride_dk, stride_dc, stride_dh, stride_dw,
-                SWAP: tl.constexpr, FOLD_WIDTH: tl.constexpr):
-    """Store an fp32 tile (rows x cols) into dW or its partial buffer `split`."""
+                SWAP: tl.constexpr, FOLD_WIDTH: tl.constexpr, FOLD_C: tl.constexpr):
+    """Store an fp32 tile (rows x cols) into dW or its partial buffer `split`. FOLD_C: the input
+    channels of a FOLD, a constexpr so that splitting a column's run into (kw, c) is a multiply and
+    shift, not a division (triton 3.6 spilled 40-56 bytes in this store with a runtime C)."""
     mask = (rows < ROWS)[:, None] & (cols < COLS)[None, :]
     if SWAP:
         offs = (group * K_PER_GROUP + cols)[None, :] * stride_dk + rows[:, None] * stride_dc
@@ -146,10 +148,10 @@ def _store_tile(acc, dw_ptr, rows, cols, ROWS, COLS, group, K_PER_GROUP, C_PER_G
     elif FOLD_WIDTH > 0:  # column (window row, element) -> (kh, kw, c), where the class reaches one
         tap_h = cols // FOLD_WIDTH + row_shift
         run = cols % FOLD_WIDTH - col_shift
-        ok = (tap_h >= 0) & (tap_h < KH) & (run >= 0) & (run < KW * C_PER_GROUP)
+        ok = (tap_h >= 0) & (tap_h < KH) & (run >= 0) & (run < KW * FOLD_C)
         run = tl.where(ok, run, 0)
-        offs = rows[:, None] * stride_dk + ((run % C_PER_GROUP) * stride_dc + tap_h * stride_dh
-                                            + (run // C_PER_GROUP) * stride_dw)[None, :]
+        offs = rows[:, None] * stride_dk + ((run % FOLD_C) * stride_dc + tap_h * stride_dh
+                                            + (run // FOLD_C) * stride_dw)[None, :]
         mask &= ok[None, :]
     else:
         offs = (group * K_PER_GROUP + rows)[:, None] * stride_dk + cols[None, :] * stride_dc
@@ -173,7 +175,8 @@ def conv2d_wgrad_kernel(
     # bucketed shape, read only by triton.autotune's key (MCCONV_AUTOTUNE=1)
     bucket_m, bucket_n, bucket_r,
     # meta-parameters
-    IS_1X1: tl.constexpr, SWAP: tl.constexpr, FOLD_WIDTH: tl.constexpr, FOLD_PERIOD: tl.constexpr,
+    IS_1X1: tl.constexpr, SWAP: tl.constexpr,
+    FOLD_WIDTH: tl.constexpr, FOLD_PERIOD: tl.constexpr, FOLD_C: tl.constexpr,
     FLAT_DY: tl.constexpr, FLAT_X: tl.constexpr, VEC_DY: tl.constexpr, VEC_X: tl.constexpr,
     INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -374,9 +377,10 @@ def conv2d_wgrad_kernel(
             acc2 = tl.dot(a, b, acc2, input_precision=DOT_PRECISION)
 
     # fp32 partials (FOLD's buffers start at zero: a class reaches only some taps), or dW's dtype
-    _store_tile(acc, dw_ptr, rows, cols, ROWS, COLS, group, K_PER_GROUP, C_PER_GROUP, KH, KW, kh, kw,
-                row_shift, col_shift, split, stride_ds, stride_dk, stride_dc, stride_dh, stride_dw, SWAP, FOLD_WIDTH)
+    _store_tile(acc, dw_ptr, rows, cols, ROWS, COLS, group, K_PER_GROUP, KH, KW, kh, kw,
+                row_shift, col_shift, split, stride_ds, stride_dk, stride_dc, stride_dh, stride_dw, SWAP, FOLD_WIDTH,
+                FOLD_C)
     if BLOCK_N > HALF:
-        _store_tile(acc2, dw_ptr, rows, cols2, ROWS, COLS, group, K_PER_GROUP, C_PER_GROUP, KH, KW, kh, kw,
+        _store_tile(acc2, dw_ptr, rows, cols2, ROWS, COLS, group, K_PER_GROUP, KH, KW, kh, kw,
                     row_shift, col_shift, split, stride_ds, stride_dk, stride_dc, stride_dh, stride_dw, SWAP,
-                    FOLD_WIDTH)
+                    FOLD_WIDTH, FOLD_C)

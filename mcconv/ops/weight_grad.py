@@ -270,6 +270,7 @@ class ConvWgrad(Kernel):
         fold = self.fold(spec)
         meta = {"IS_1X1": spec.is_1x1_gemm, "SWAP": self._swap(spec) and fold is None,
                 "FOLD_WIDTH": fold[0] if fold else 0, "FOLD_PERIOD": fold[1] if fold else 0,
+                "FOLD_C": spec.c_per_group if fold else 0,
                 # dL/dy walks every pixel when the kernel is 1x1 without padding (any stride)
                 "FLAT_DY": spec.taps == 1 and pad0 and self._flat((spec.n, spec.k, spec.p, spec.q), dy),
                 "FLAT_X": spec.is_1x1_gemm and self._flat((spec.n, spec.c, spec.p, spec.q), x),
