@@ -50,7 +50,9 @@ The epilogue is common.py's epilogue_store: bias, HAS_RESIDUAL (a residual tenso
 output's shape read through its own strides, added in fp32 before the activation: y =
 act(conv + bias + r)), ACTIVATION, STORE_PREACT, cast, store through the output's strides.
 Y_RUN / R_RUN > 1 tell the compiler that an NCHW output (residual) has aligned runs of
-contiguous pixels, so it stores (loads) along the pixels.
+contiguous pixels, so it stores (loads) along the pixels; Y_ALIGN / R_ALIGN that a channels_last
+one's rows start at multiples of that many elements, so it stores (loads) that many channels at
+a time (K = 100: 8-byte stores; without the hint 2-byte ones, and 5.6-7.4 KB of spills).
 """
 import triton
 import triton.language as tl
@@ -260,7 +262,7 @@ def conv2d_fwd_kernel(
     # meta-parameters (KH, KW: the kernel's size, also passed as kh_rows = KH for the fold's loop bound)
     KH: tl.constexpr, KW: tl.constexpr, TAP_BITS: tl.constexpr, FOLD_CP: tl.constexpr, FOLD_RUN: tl.constexpr,
     X_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr, Y_RUN: tl.constexpr, R_RUN: tl.constexpr,
-    SPLIT: tl.constexpr,
+    Y_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr, SPLIT: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -314,33 +316,39 @@ def conv2d_fwd_kernel(
     else:
         _store_output(acc, offs_m, M, offs_n, group, y_ptr, z_ptr, bias_ptr, r_ptr, P, Q, K_PER_GROUP,
                       stride_yn, stride_yk, stride_yh, stride_yw, stride_rn, stride_rk, stride_rh, stride_rw,
-                      HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL, Y_RUN, R_RUN)
+                      HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL, Y_RUN, R_RUN, Y_ALIGN, R_ALIGN)
 
 
 @triton.jit
 def _store_output(acc, offs_m, M, offs_n, group, y_ptr, z_ptr, bias_ptr, r_ptr, P, Q, K_PER_GROUP,
                   stride_yn, stride_yk, stride_yh, stride_yw, stride_rn, stride_rk, stride_rh, stride_rw,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr, Y_RUN: tl.constexpr, R_RUN: tl.constexpr):
+                  HAS_RESIDUAL: tl.constexpr, Y_RUN: tl.constexpr, R_RUN: tl.constexpr,
+                  Y_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr):
     """The forward epilogue (common.py's epilogue_store) on a tile of output pixels `offs_m` x
     channels `offs_n` of `group`.
 
     Y_RUN / R_RUN > 1 (an NCHW output / residual): runs of that many consecutive pixels are
     contiguous and aligned (the host checked the strides and sizes), so the compiler stores (and
-    loads) along the pixels, Y_RUN at a time, instead of one element per channel and thread."""
+    loads) along the pixels, Y_RUN at a time, instead of one element per channel and thread.
+    Y_ALIGN / R_ALIGN (channels_last): each row, the group's first channel included, starts at a
+    multiple of that many elements, so that many channels store (load) at a time."""
     n, p, q = split_pixels(offs_m, P, Q)
-    row_y = n * stride_yn + p * stride_yh + q * stride_yw
+    row_y = n * stride_yn + p * stride_yh + q * stride_yw + group * K_PER_GROUP * stride_yk
     if Y_RUN > 1:
         row_y = tl.max_contiguous(tl.multiple_of(row_y, Y_RUN), Y_RUN)
+    else:
+        row_y = tl.multiple_of(row_y, Y_ALIGN)
     mask_m = offs_m < _aligned(M, Y_RUN)  # M is a multiple of Y_RUN: masks whole runs
     mask_n = offs_n < K_PER_GROUP
-    out_channel = group * K_PER_GROUP + offs_n
-    y_offsets = row_y[:, None] + out_channel[None, :] * stride_yk
+    y_offsets = row_y[:, None] + offs_n[None, :] * stride_yk
     if HAS_RESIDUAL:
-        row_r = n * stride_rn + p * stride_rh + q * stride_rw
+        row_r = n * stride_rn + p * stride_rh + q * stride_rw + group * K_PER_GROUP * stride_rk
         if R_RUN > 1:
             row_r = tl.max_contiguous(tl.multiple_of(row_r, R_RUN), R_RUN)
-        r_offsets = row_r[:, None] + out_channel[None, :] * stride_rk
+        else:
+            row_r = tl.multiple_of(row_r, R_ALIGN)
+        r_offsets = row_r[:, None] + offs_n[None, :] * stride_rk
     else:
         r_offsets = y_offsets  # unused: the epilogue's residual branch is compiled out
     epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & mask_n[None, :],
@@ -359,7 +367,8 @@ def conv2d_split_epilogue_kernel(
     stride_yn, stride_yk, stride_yh, stride_yw,
     stride_rn, stride_rk, stride_rh, stride_rw,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    Y_RUN: tl.constexpr, R_RUN: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Y_RUN: tl.constexpr, R_RUN: tl.constexpr, Y_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """y = epilogue(sum_{s = 0 .. SPLIT-1} part[s]), the shares added in that order.
     Grid: (cdiv(M, BLOCK_M), cdiv(K, BLOCK_N)); channels are global (group * K/g + k)."""
@@ -374,4 +383,4 @@ def conv2d_split_epilogue_kernel(
         ptrs += T
     _store_output(acc, offs_m, M, offs_n, 0, y_ptr, z_ptr, bias_ptr, r_ptr, P, Q, K,
                   stride_yn, stride_yk, stride_yh, stride_yw, stride_rn, stride_rk, stride_rh, stride_rw,
-                  HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL, Y_RUN, R_RUN)
+                  HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL, Y_RUN, R_RUN, Y_ALIGN, R_ALIGN)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import mcconv
 from mcconv import ACTIVATIONS, _pack, _plan, ops
 from mcconv.ops import input_grad
-from reference import DEVICE, DTYPES, assert_conv_close
+from reference import DEVICE, DTYPES, assert_conv_close, backward_config
 
 
 @pytest.fixture
@@ -126,6 +126,16 @@ def test_even_blocks_compile_their_masks_out():
     config = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
     plan = check_dgrad((2, 64, 5, 6), (64, 32, 3, 3), 1, 1, 1, 2, dtype=torch.float16, config=config)
     assert plan.meta["K_ALIGN"] % 16 == 0 and plan.meta["C_ALIGN"] % 16 == 0
+
+
+def test_narrow_rows_shrink_wide_tiles():
+    """Rows in 8-byte copies (100 fp16 channels) spilled 128x128 tiles: dX's take 64-row tiles,
+    dL/dy's (DCGAN's code layer) 32 output channels a step; 64 columns keep the full tile."""
+    assert backward_config("conv_dgrad", 128, 100)["BLOCK_K"] == 32
+    assert backward_config("conv_dgrad", 64, 100)["BLOCK_K"] == 64
+    assert backward_config("conv_dgrad", 128, 96)["BLOCK_K"] == 64
+    assert backward_config("conv_dgrad", 100, 256)["BLOCK_M"] == 64
+    assert backward_config("conv_dgrad", 96, 256)["BLOCK_M"] == 128
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])

@@ -92,6 +92,32 @@ def test_alignment_facts_from_the_host(c, layout, x_align, fresh_plans):
     _check(x, w, b, **options)
 
 
+@pytest.mark.parametrize("k, groups, y_align", [(24, 1, 8), (20, 1, 4), (12, 2, 2), (19, 1, 1)])
+def test_output_row_alignment_from_the_host(k, groups, y_align, fresh_plans):
+    """Y_ALIGN / R_ALIGN: the channels_last output's (residual's) rows, the group's first channel
+    included, in multiples of that many elements (12 channels in 2 groups: 6 a group, so 2).
+    Without the fact a K = 100 output stored 2 bytes at a time and spilled kilobytes."""
+    x, w, b = _inputs(2, 8, (5, 7), k, (3, 3), torch.float16, groups=groups, channels_last=True)
+    r = torch.randn(2, k, 5, 7, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    plan = _plan_of(x, w, b, residual=r, padding=1, groups=groups)
+    assert (plan.meta["Y_ALIGN"], plan.meta["R_ALIGN"], plan.meta["Y_RUN"]) == (y_align, y_align, 1)
+    _check(x, w, b, residual=r, padding=1, groups=groups, activation="relu")
+    assert _plan_of(x.contiguous(), w, b, padding=1, groups=groups).meta["Y_ALIGN"] == 1  # NCHW: along pixels
+
+
+def test_narrow_channel_rows_take_smaller_tiles():
+    """Rows in copies under 16 bytes (fp16 channels not a multiple of 8) cost an address each:
+    half the channel block for such inputs (C = 36), 64 rows for such outputs wider than 64
+    channels (K = 100); both spilled at the full tile (mcconv inspect, sm_90)."""
+    def config(c, k, **options):
+        x = torch.empty(8, c, 28, 28, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
+        w = torch.empty(k, c, 3, 3, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
+        return _plan_of(x, w, torch.empty(k, dtype=torch.float16, device="meta"), padding=1, **options).config
+
+    assert config(36, 36, stride=2)["BLOCK_K"] == 32 and config(40, 64)["BLOCK_K"] == 64
+    assert config(64, 100, activation="relu")["BLOCK_M"] == 64 and config(64, 96, activation="relu")["BLOCK_M"] == 128
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
 def test_nchw_input_and_channels_last_weight(dtype, fresh_plans):
     """An NCHW input is converted per call; a channels_last weight is read in place and makes

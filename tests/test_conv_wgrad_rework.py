@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import mcconv
 from mcconv import _plan, ops
 from mcconv.ops import weight_grad
-from reference import COMPILE_PREAMBLE, COMPILE_SKIP, DEVICE, assert_conv_close
+from reference import COMPILE_PREAMBLE, COMPILE_SKIP, DEVICE, assert_conv_close, backward_config
 
 WGRAD = weight_grad.ConvWgrad
 H100 = {"device_name": "NVIDIA_H100_80GB_HBM3", "sm_count": 132}
@@ -122,6 +122,14 @@ def test_fold_any_split_is_bitwise_reproducible(monkeypatch, name, split):
     x, gz = _tensors(x_shape, w_shape, *opts, torch.float16, "channels_last")
     first = ops.conv2d_weight_grad(gz, x, w_shape, *opts)
     assert torch.equal(first, ops.conv2d_weight_grad(gz, x, w_shape, *opts))
+
+
+def test_narrow_channel_rows_halve_the_pixel_step_of_128x128_tiles():
+    """An operand in 8-byte copies (C = 100 in fp16), each with its own carried pixel offset: a
+    128x128 tile takes 32 pixels a step (64 spilled 336-428 B); narrower tiles keep 64."""
+    assert backward_config("conv_wgrad", 100, 256)["BLOCK_K"] == 32
+    assert backward_config("conv_wgrad", 100, 64)["BLOCK_K"] == 64
+    assert backward_config("conv_wgrad", 96, 256)["BLOCK_K"] == 64
 
 
 def test_fold_int64(monkeypatch):

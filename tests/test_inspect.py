@@ -47,6 +47,11 @@ CASES = [
     # conv_transpose2d: the input-gradient kernel with its epilogue (bias, silu) fused
     ("transposed", ConvTranspose2dLayer("up", 8, 64, 14, 14, 32, 4, 4, (2, 2), (1, 1)), "float16", "forward",
      "h100-sxm", "silu"),
+    # channel counts whose fp16 rows are not whole 16-byte copies (8-byte ones): a 100-channel
+    # output (its stores spilled 5.6-7.4 KB), input, and a DCGAN-like 100-channel code
+    ("k100", conv("k100", 8, 64, 28, 100, 3), "float16", "forward", "h100-sxm", "relu"),
+    ("c100", conv("c100", 8, 100, 28, 256, 3), "float16", "all", "h100-sxm", None),
+    ("code", ConvTranspose2dLayer("code", 64, 100, 1, 1, 128, 4, 4), "float16", "forward", "h100-sxm", None),
 ]
 
 # The subprocess: every case through mcconv.tools.inspect, the reference GEMM, then the command
@@ -137,6 +142,9 @@ EXPECTED_KERNELS = {
     "3x3 split": ["conv_direct", "split_epilogue"],
     "3x3x3": ["conv3d_direct", "bias_act_grad", "split_sum", "conv_dgrad", "conv_wgrad", "split_sum"],
     "transposed": ["conv_dgrad"],
+    "k100": ["conv_direct"],
+    "c100": ["conv_direct", "bias_act_grad", "split_sum", "conv_dgrad", "conv_wgrad", "split_sum"],
+    "code": ["conv_dgrad"],
 }
 
 
@@ -211,6 +219,9 @@ TODAY = {  # the launches of EXPECTED_KERNELS, in order
     "3x3 split": [(0.28, 0.28), (0.758, 0.146)],
     "3x3x3": [(0.325, 0.325), (0.668, 0.577), (28.0, 1.95), (0.329, 0.329), (0.407, 0.407), (3.24, 0.225)],
     "transposed": [(1.15, 1.15)],
+    "k100": [(0.426, 0.426)],
+    "c100": [(0.516, 0.516), (0.48, 0.826), (25.9, 0.914), (0.579, 0.579), (0.692, 0.692), (3.95, 0.221)],
+    "code": [(0.68, 0.68)],
 }
 MARGIN = 1.05
 

@@ -394,6 +394,17 @@ def _pixel_run(spec, strides, vector: int) -> int:
                           *([sk] if k > 1 else []), cap=vector)
 
 
+def _row_align(spec, strides, vector: int) -> int:
+    """Y_ALIGN / R_ALIGN of kernels/conv2d_fwd.py for an output-shaped operand with batched strides
+    (n, k, h, w) whose channels are contiguous (channels_last): the power of two <= ``vector`` that
+    every pixel's row offset and the group's first channel are multiples of (the elements of one
+    store); 1 otherwise (an NCHW operand stores along its pixels: Y_RUN)."""
+    sn, sk, sh, sw = _reachable((spec.n, spec.k, spec.p, spec.q), strides)
+    if sk != 1:
+        return 1
+    return _pow2_dividing(sn, sh, sw, spec.k_per_group * (spec.groups > 1), cap=vector)
+
+
 SPLIT_MIN_REDUCTION = 2048  # products per output element below which a split does not pay
 SPLIT_MIN_STEPS = 16  # pipelined steps each share keeps
 
@@ -479,6 +490,12 @@ class ConvDirect(Kernel):
         if spec.dtype is None:
             return limits
         limits["BLOCK_K"] = min(k_extent, self.BLOCK_K_BYTES // spec.dtype.itemsize)
+        vec = _vector(spec)
+        if not cp and math.gcd(vec, spec.c, spec.c_per_group) < vec:
+            # Input rows in copies under 16 bytes (C/g = 36 or 100 in fp16: 8-byte ones), each its
+            # own address: half the channel block, or a 128-row tile spilled (mcconv inspect, 3x3:
+            # C = 36 at stride 2, 72-352 B; C = 100, 32-192 B; triton 3.6 and 3.9; none at half).
+            limits["BLOCK_K"] = min(limits["BLOCK_K"], self.BLOCK_K_BYTES // spec.dtype.itemsize // 2)
         heavy_activation = (spec.activation.name if spec.activation else None) not in self.LIGHT_ACTIVATIONS
         if (heavy_activation or spec.has_residual) and not spec.channels_last:
             # An NCHW output stores along the pixels (Y_RUN at a time) or element by element.
@@ -486,8 +503,10 @@ class ConvDirect(Kernel):
             out = _plan.batched(_plan.contiguous_strides(spec.output_shape))
             if _pixel_run(spec, out, _vector(spec)) < 4 or (spec.has_residual and spec.dtype.itemsize > 2):
                 limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
-        elif (heavy_activation or spec.has_residual or not spec.channels_last or spec.dtype.itemsize > 2) \
-                and spec.k_per_group > 64:
+        elif (heavy_activation or spec.has_residual or not spec.channels_last or spec.dtype.itemsize > 2
+              or math.gcd(vec, spec.k, spec.k_per_group) < vec) and spec.k_per_group > 64:
+            # (and output rows stored in pieces under 16 bytes: K = 100 with a bias and relu
+            # spilled 232-264 B at 128 rows)
             limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
         return limits
 
@@ -511,7 +530,9 @@ class ConvDirect(Kernel):
         meta = {"KH": spec.kh, "KW": spec.kw, "TAP_BITS": 32 if taps <= 32 else 64 if taps <= 64 else 0,
                 "FOLD_CP": cp, "FOLD_RUN": fold_run(spec, cp) if cp else 0, "SPLIT": split,
                 "Y_RUN": _pixel_run(spec, strides["y"], vec),
-                "R_RUN": _pixel_run(spec, strides["r"], vec) if spec.has_residual else 1}
+                "R_RUN": _pixel_run(spec, strides["r"], vec) if spec.has_residual else 1,
+                "Y_ALIGN": _row_align(spec, strides["y"], vec),
+                "R_ALIGN": _row_align(spec, strides["r"], vec) if spec.has_residual else 1}
         if cp:  # the padded copy (no padding left) and the (K, KH, RUN) packing: see _operands
             x, w = strides["x"], strides["w"]  # w's kw stride (CP) is not used by the fold
             top, bottom, left, right = spec.padding
@@ -669,6 +690,9 @@ def _split_launch(plan, residual) -> tuple:
         vec = _vector(spec)
         meta["Y_RUN"] = plan.meta.get("Y_RUN", _pixel_run(spec, y_strides, vec))
         meta["R_RUN"] = plan.meta.get("R_RUN", _pixel_run(spec, r_strides, vec) if spec.has_residual else 1)
+        # worked out here for both: gemm_1x1's Y_ALIGN is another fact (its own layout rules)
+        meta["Y_ALIGN"] = _row_align(spec, y_strides, vec)
+        meta["R_ALIGN"] = _row_align(spec, r_strides, vec) if spec.has_residual else 1
         launch = ((_cdiv(m, blocks["BLOCK_M"]), _cdiv(spec.k, blocks["BLOCK_N"])), m * spec.k,
                   (spec.n, spec.k, spec.p, spec.q, *y_strides, *r_strides), {**meta, **blocks})
         _split_launches[plan] = launch

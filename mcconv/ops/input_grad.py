@@ -222,8 +222,19 @@ class ConvDgrad(Kernel):
         # default 128x128 tile keeps 3 stages in 96 KiB for every dtype, 2 CTAs (8 warps) per SM;
         # tf32 at BLOCK_K 64 would need 192 KiB, one CTA of 4 warps.
         row = 128 // spec.dtype.itemsize if spec.dtype is not None else spec.k_per_group
-        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group,
-                "BLOCK_K": min(spec.k_per_group, row)}
+        limits = {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group, "BLOCK_K": min(spec.k_per_group, row)}
+        if spec.dtype is not None and spec.c_per_group > 64:
+            # Tiles over 64 columns with rows in copies under 16 bytes (channels not a multiple of
+            # 8 fp16 elements), each copy one more address, spilled (mcconv inspect, sm_90): dX's
+            # rows (C = 100: 160 B at 128x128, in the epilogue) take 64-row tiles; dL/dy's (K =
+            # 100, DCGAN's code: 64-120 B at 128x128x64) half the channel block. Narrower tiles
+            # fit (K = 100 into 64 channels: pressure 0.82 at 64, 1.22 at 32).
+            vec = 16 // spec.dtype.itemsize
+            if math.gcd(vec, spec.c, spec.c_per_group) < vec:
+                limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
+            elif math.gcd(vec, spec.k, spec.k_per_group) < vec:
+                limits["BLOCK_K"] = min(limits["BLOCK_K"], row // 2)
+        return limits
 
     def grid(self, spec, config, split=1):
         sh, sw = spec.stride
@@ -495,7 +506,8 @@ def _run_split(plan, store_z, operands) -> None:
     r = d if residual is None else _plan.batched(residual.stride())
     _backend.launch(plan.fn, plan.grid, (*plan.kernel.pointers(grad_z, weight, partial), *plan.args), plan.meta)
     meta = {"HAS_BIAS": plan.meta["HAS_BIAS"], "ACTIVATION": plan.meta["ACTIVATION"], "STORE_PREACT": store_z,
-            "HAS_RESIDUAL": plan.meta["HAS_RESIDUAL"], "Y_RUN": 1, "R_RUN": 1, "INDEX_64": plan.index_64, **blocks}
+            "HAS_RESIDUAL": plan.meta["HAS_RESIDUAL"], "Y_RUN": 1, "R_RUN": 1, "Y_ALIGN": 1, "R_ALIGN": 1,
+            "INDEX_64": plan.index_64, **blocks}  # no alignment facts: any dx strides
     grid = (_cdiv(m, blocks["BLOCK_M"]), _cdiv(spec.c, blocks["BLOCK_N"]))
     # without an epilogue dx stands in for z, bias and residual (their constexprs are off)
     _backend.launch(conv2d_split_epilogue_kernel, grid,

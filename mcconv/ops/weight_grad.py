@@ -229,6 +229,14 @@ class ConvWgrad(Kernel):
         size = self._itemsize(spec)
         budget = self.STAGE_BYTES // ((block_m + block_n) * size)
         step = 1 << max(budget, tiles.MIN_BLOCK).bit_length() - 1  # a power of two <= budget
+        vec = 16 // size
+        if block_m > 64 and block_n > 64 and min(math.gcd(vec, spec.k, spec.k_per_group),
+                                                 math.gcd(vec, spec.c, spec.c_per_group)) < vec:
+            # A 128x128 tile with an operand in copies under 16 bytes (channels not a multiple of
+            # 16 bytes' elements), each with its own carried pixel offset: half the pixels per
+            # step (C = 100 into 256, 3x3: 336-428 B of spills at 64 on triton 3.6 and 3.9, none
+            # at 32; narrower tiles fit).
+            step = max(tiles.MIN_BLOCK, step // 2)
         # BLOCK_K: the pixels per step, within the stage budget of the default tile.
         return {"BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_K": min(spec.n * spec.p * spec.q, step)}
 
