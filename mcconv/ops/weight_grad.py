@@ -218,7 +218,10 @@ class ConvWgrad(Kernel):
         default = tiles.kernel_spec(self.table_name)["default"]
         # At most 128 columns: a 64 x 256 FOLD tile (its columns all taps) issues less per MMA
         # (mcconv inspect, ResNet-50's 64-channel 3x3 and its stem, fp16: pressure 0.55 against
-        # 0.71) but needs 244-255 registers, and triton 3.6 (the GPU machines') spills 40-56 bytes.
+        # 0.71; 236-254 registers, no spills since FOLD_C) but makes fewer tiles, so the split
+        # takes more shares to fill the GPU (88 against 53 for the 3x3), whose fp32 partial sums
+        # add bytes to layers that are memory-bound already (--details: 38.5 against 33.1 MB,
+        # memory time 11.5 against 9.9 us, issue time 7.6-9.7 us either way).
         cols = min(cols, 128)
         block_n = min(default["BLOCK_N"], max(tiles.MIN_BLOCK, tiles.bucket(cols)))
         # BLOCK_M >= 64, a warpgroup's wgmma rows (rows past the channels wrap around, unstored);
