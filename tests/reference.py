@@ -64,12 +64,12 @@ def assert_conv_close(actual, expected, dtype, reduction_length: int, device: st
     torch.testing.assert_close(actual.detach().double().cpu(), expected.double(), rtol=rtol, atol=atol)
 
 
-def backward_config(kernel: str, c: int, k: int, kh: int = 3) -> dict:
+def backward_config(kernel: str, c: int, k: int, kh: int = 3, n: int = 8) -> dict:
     """The tile of backward launch `kernel` of an fp16 channels_last 3x3 (kh) conv2d of c -> k
-    channels on 8 x 28 x 28 images, as planned for an H100's 132 SMs (meta tensors: no compute)."""
+    channels on n 28 x 28 images, as planned for an H100's 132 SMs (meta tensors: no compute)."""
     import mcconv
 
-    x = torch.empty(8, c, 28, 28, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
+    x = torch.empty(n, c, 28, 28, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
     w = torch.empty(k, c, kh, kh, dtype=torch.float16, device="meta").to(memory_format=torch.channels_last)
     plans = mcconv.plans(x, w, padding=kh // 2, direction="backward", sm_count=132)
     return next(p.config for p in plans if p.kernel.name == kernel)
