@@ -141,11 +141,13 @@ def test_narrow_rows_shrink_wide_tiles():
 def test_tall_64_column_input_gradients_take_256_row_tiles():
     """64 input channels over 2**16 rows or more (ResNet-50's 64-channel 3x3 at batch 128 here):
     256x64x32 tiles (pressure 0.555 against 0.652 at 128x64x64, sm_90); fewer rows, more
-    columns, tf32 or a transposed convolution's epilogue (it spilled) keep 128 rows."""
+    columns, tf32, 8-byte dL/dy rows or a transposed convolution's epilogue (they spilled) keep
+    128 rows."""
     tall = backward_config("conv_dgrad", 64, 64, n=128)
     assert (tall["BLOCK_M"], tall["BLOCK_N"], tall["BLOCK_K"]) == (256, 64, 32)
     assert backward_config("conv_dgrad", 64, 64)["BLOCK_M"] == 128
     assert backward_config("conv_dgrad", 128, 64, n=128)["BLOCK_M"] == 128
+    assert backward_config("conv_dgrad", 64, 100, n=128)["BLOCK_M"] == 128  # 8-byte dL/dy copies
     x = torch.empty(128, 64, 28, 28, device="meta").to(memory_format=torch.channels_last)
     w = torch.empty(64, 64, 3, 3, device="meta").to(memory_format=torch.channels_last)
     assert mcconv.explain_transpose2d(x.half(), w.half(), padding=1).config["BLOCK_M"] == 256

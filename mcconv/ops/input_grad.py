@@ -226,17 +226,20 @@ class ConvDgrad(Kernel):
         # default 128x128 tile keeps 3 stages in 96 KiB for every dtype, 2 CTAs (8 warps) per SM;
         # tf32 at BLOCK_K 64 would need 192 KiB, one CTA of 4 warps.
         row = 128 // spec.dtype.itemsize if spec.dtype is not None else spec.k_per_group
-        limits = {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group, "BLOCK_K": min(spec.k_per_group, row)}
+        limits = {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group,
+                  "BLOCK_K": min(spec.k_per_group, row)}
         # BLOCK_M: 128 rows (the default's 256 are clamped), except for an input gradient (no
         # epilogue) of 64 columns (C/g 33-64) in a 2-byte dtype with TALL_ROWS rows or more a
-        # stride phase: a 256x64x32 tile issues less per MMA than 128x64x64 (mcconv inspect,
-        # ResNet-50's 64-channel 3x3 input gradient, fp16: effective pressure 0.555 against 0.652
-        # on triton 3.9, 0.543 against 0.609 on 3.6; no spills, 8 warps an SM, 3 stages in 60
-        # KiB). With a transposed convolution's epilogue (bias, silu or gelu) it spilled 128-624 B.
+        # stride phase and dL/dy rows in 16-byte copies: a 256x64x32 tile issues less per MMA
+        # than 128x64x64 (mcconv inspect, ResNet-50's 64-channel 3x3 input gradient, fp16:
+        # effective pressure 0.555 against 0.652 on triton 3.9, 0.543 against 0.609 on 3.6; no
+        # spills, 8 warps an SM, 3 stages in 60 KiB). It spilled with a transposed convolution's
+        # epilogue (bias, silu or gelu: 128-624 B) and with 8-byte dL/dy copies (K = 100: 32-40 B).
         phase_rows = spec.n * _cdiv(spec.h, spec.stride[0]) * _cdiv(spec.w, spec.stride[1])
         epilogue = spec.has_bias or spec.activation is not None or spec.has_residual
         if (spec.dtype is not None and spec.dtype.itemsize == 2 and 32 < spec.c_per_group <= 64
-                and phase_rows >= self.TALL_ROWS and not epilogue):
+                and phase_rows >= self.TALL_ROWS and not epilogue
+                and math.gcd(8, spec.k, spec.k_per_group) == 8):
             limits["BLOCK_K"] = min(limits["BLOCK_K"], row // 2)
         else:
             limits["BLOCK_M"] = min(limits["BLOCK_M"], 128)
