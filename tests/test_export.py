@@ -1,7 +1,6 @@
 """torch.export and torch.compile with dynamic shapes: mcconv's custom ops trace through their fakes."""
 import shutil
 
-import pytest
 import torch
 from torch import nn
 
