@@ -332,7 +332,7 @@ def _store_output(acc, offs_m, M, offs_n, group, y_ptr, z_ptr, bias_ptr, r_ptr, 
     contiguous and aligned (the host checked the strides and sizes), so the compiler stores (and
     loads) along the pixels, Y_RUN at a time, instead of one element per channel and thread.
     Y_ALIGN / R_ALIGN (channels_last): each row, the group's first channel included, starts at a
-    multiple of that many elements, so that many channels store (load) at a time."""
+    multiple of that many elements, and K/g is one, so that many channels store (load) at a time."""
     n, p, q = split_pixels(offs_m, P, Q)
     row_y = n * stride_yn + p * stride_yh + q * stride_yw + group * K_PER_GROUP * stride_yk
     if Y_RUN > 1:
@@ -340,7 +340,7 @@ def _store_output(acc, offs_m, M, offs_n, group, y_ptr, z_ptr, bias_ptr, r_ptr, 
     else:
         row_y = tl.multiple_of(row_y, Y_ALIGN)
     mask_m = offs_m < _aligned(M, Y_RUN)  # M is a multiple of Y_RUN: masks whole runs
-    mask_n = offs_n < K_PER_GROUP
+    mask_n = offs_n < _aligned(K_PER_GROUP, Y_ALIGN)  # K/g a multiple of Y_ALIGN: whole vectors
     y_offsets = row_y[:, None] + offs_n[None, :] * stride_yk
     if HAS_RESIDUAL:
         row_r = n * stride_rn + p * stride_rh + q * stride_rw + group * K_PER_GROUP * stride_rk

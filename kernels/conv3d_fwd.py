@@ -38,6 +38,7 @@ def conv3d_fwd_kernel(
     # meta-parameters
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, TAP_BITS: tl.constexpr,
     X_ALIGN: tl.constexpr, W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr, Y_DENSE: tl.constexpr, R_DENSE: tl.constexpr,
+    Y_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -46,7 +47,10 @@ def conv3d_fwd_kernel(
 
     Y_DENSE / R_DENSE: the output's (residual's) voxels are dense in (n, d, p, q) order, each
     voxel stride_yw apart (a channels_last_3d tensor): its rows are then offs_m * stride_yw,
-    and the epilogue splits no voxel index (fewer registers while the accumulator is live)."""
+    and the epilogue splits no voxel index (fewer registers while the accumulator is live).
+    Y_ALIGN / R_ALIGN: as conv2d_fwd_kernel's (channels_last_3d rows, the group's first channel
+    included, and K/g in multiples of that many elements: K = 100 stored 2 bytes at a time
+    without it)."""
     M = pixel_count(N * OD, P, Q, INDEX_64)
     offs_m, mask_m, offs_n, mask_n, group = _tile(M, K_PER_GROUP, INDEX_64, BLOCK_M, BLOCK_N, GROUP_M)
     C = _aligned(C_PER_GROUP, C_ALIGN)
@@ -75,23 +79,25 @@ def conv3d_fwd_kernel(
                     KD, KH, KW, True, TAP_BITS, C_ALIGN, INDEX_64, DOT_PRECISION, BLOCK_K)
 
     # The epilogue through the output's (and residual's) 5-D strides.
-    out_channel = group * K_PER_GROUP + offs_n
     if Y_DENSE:
         row_y = offs_m * stride_yw
     else:
         n, od, p, q = _split_voxels(offs_m, OD, P, Q)
         row_y = n * stride_yn + od * stride_yd + p * stride_yh + q * stride_yw
-    y_offsets = row_y[:, None] + out_channel[None, :] * stride_yk
+    row_y = tl.multiple_of(row_y + group * K_PER_GROUP * stride_yk, Y_ALIGN)
+    y_offsets = row_y[:, None] + offs_n[None, :] * stride_yk
     if HAS_RESIDUAL:
         if R_DENSE:
             row_r = offs_m * stride_rw
         else:
             n, od, p, q = _split_voxels(offs_m, OD, P, Q)
             row_r = n * stride_rn + od * stride_rd + p * stride_rh + q * stride_rw
-        r_offsets = row_r[:, None] + out_channel[None, :] * stride_rk
+        row_r = tl.multiple_of(row_r + group * K_PER_GROUP * stride_rk, R_ALIGN)
+        r_offsets = row_r[:, None] + offs_n[None, :] * stride_rk
     else:
         r_offsets = y_offsets  # unused: the epilogue's residual branch is compiled out
-    epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & mask_n[None, :],
+    store_n = offs_n < _aligned(K_PER_GROUP, Y_ALIGN)  # K/g a multiple of Y_ALIGN: whole vectors
+    epilogue_store(acc, y_ptr, z_ptr, y_offsets, mask_m[:, None] & store_n[None, :],
                    bias_ptr + group * K_PER_GROUP, offs_n, mask_n, r_ptr, r_offsets,
                    HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL)
 

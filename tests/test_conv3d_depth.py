@@ -100,6 +100,18 @@ def test_epilogue_bias_residual_activation(activation):
                           w[0].numel())
 
 
+@pytest.mark.parametrize("k, groups, y_align", [(20, 1, 4), (20, 2, 2), (19, 1, 1)])
+def test_output_row_alignment_from_the_host(depth_everywhere, k, groups, y_align):
+    """Y_ALIGN (R_ALIGN alike; conv2d's rule): channels_last_3d rows and the channels of a group in
+    multiples of that many elements (fp32: at most 4), so the epilogue stores whole vectors."""
+    x, w, b = _randn(2, 16, 3, 4, 5).to(memory_format=CL3), _randn(k, 16 // groups, 2, 3, 3) / 4, _randn(k)
+    r = _randn(ref64(x, w, padding=1, groups=groups).shape).to(memory_format=CL3)
+    assert _plan(x, w, b, padding=1, groups=groups).meta["Y_ALIGN"] == y_align
+    y = mcconv.conv3d(x, w, b, padding=1, groups=groups, activation="relu", residual=r)
+    assert_conv_close(y, ref64(x, w, b, padding=1, groups=groups, activation="relu", residual=r), torch.float32,
+                      w[0].numel())
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes(dtype):
     x = _randn(2, 32, 3, 5, 4, dtype=dtype).to(memory_format=CL3)

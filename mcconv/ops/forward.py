@@ -394,15 +394,16 @@ def _pixel_run(spec, strides, vector: int) -> int:
                           *([sk] if k > 1 else []), cap=vector)
 
 
-def _row_align(spec, strides, vector: int) -> int:
-    """Y_ALIGN / R_ALIGN of kernels/conv2d_fwd.py for an output-shaped operand with batched strides
-    (n, k, h, w) whose channels are contiguous (channels_last): the power of two <= ``vector`` that
-    every pixel's row offset and the group's first channel are multiples of (the elements of one
-    store); 1 otherwise (an NCHW operand stores along its pixels: Y_RUN)."""
-    sn, sk, sh, sw = _reachable((spec.n, spec.k, spec.p, spec.q), strides)
+def _row_align(spec, sizes, strides, vector: int) -> int:
+    """Y_ALIGN / R_ALIGN of kernels/conv2d_fwd.py and conv3d_fwd.py for an output-shaped operand of
+    batched ``sizes`` (n, k, *pixel axes) whose channels are contiguous (channels_last): the power
+    of two <= ``vector`` that every pixel's row offset and the channels of a group are multiples
+    of (the elements of one store: the row's start and its channel mask must both be whole
+    vectors); 1 otherwise (an NCHW operand stores along its pixels: Y_RUN)."""
+    sn, sk, *pixel = _reachable(sizes, strides)
     if sk != 1:
         return 1
-    return _pow2_dividing(sn, sh, sw, spec.k_per_group * (spec.groups > 1), cap=vector)
+    return _pow2_dividing(sn, *pixel, spec.k_per_group, cap=vector)
 
 
 SPLIT_MIN_REDUCTION = 2048  # products per output element below which a split does not pay
@@ -506,7 +507,7 @@ class ConvDirect(Kernel):
         elif (heavy_activation or spec.has_residual or not spec.channels_last or spec.dtype.itemsize > 2
               or math.gcd(vec, spec.k, spec.k_per_group) < vec) and spec.k_per_group > 64:
             # (and output rows stored in pieces under 16 bytes: K = 100 with a bias and relu
-            # spilled 232-264 B at 128 rows)
+            # spilled 112-152 B at 128 rows, 8-byte stores)
             limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
         return limits
 
@@ -527,12 +528,13 @@ class ConvDirect(Kernel):
         cp = fold_channels(spec)
         vec = _vector(spec)
         taps = spec.taps
+        out = (spec.n, spec.k, spec.p, spec.q)
         meta = {"KH": spec.kh, "KW": spec.kw, "TAP_BITS": 32 if taps <= 32 else 64 if taps <= 64 else 0,
                 "FOLD_CP": cp, "FOLD_RUN": fold_run(spec, cp) if cp else 0, "SPLIT": split,
                 "Y_RUN": _pixel_run(spec, strides["y"], vec),
                 "R_RUN": _pixel_run(spec, strides["r"], vec) if spec.has_residual else 1,
-                "Y_ALIGN": _row_align(spec, strides["y"], vec),
-                "R_ALIGN": _row_align(spec, strides["r"], vec) if spec.has_residual else 1}
+                "Y_ALIGN": _row_align(spec, out, strides["y"], vec),
+                "R_ALIGN": _row_align(spec, out, strides["r"], vec) if spec.has_residual else 1}
         if cp:  # the padded copy (no padding left) and the (K, KH, RUN) packing: see _operands
             x, w = strides["x"], strides["w"]  # w's kw stride (CP) is not used by the fold
             top, bottom, left, right = spec.padding
@@ -691,8 +693,9 @@ def _split_launch(plan, residual) -> tuple:
         meta["Y_RUN"] = plan.meta.get("Y_RUN", _pixel_run(spec, y_strides, vec))
         meta["R_RUN"] = plan.meta.get("R_RUN", _pixel_run(spec, r_strides, vec) if spec.has_residual else 1)
         # worked out here for both: gemm_1x1's Y_ALIGN is another fact (its own layout rules)
-        meta["Y_ALIGN"] = _row_align(spec, y_strides, vec)
-        meta["R_ALIGN"] = _row_align(spec, r_strides, vec) if spec.has_residual else 1
+        out = (spec.n, spec.k, spec.p, spec.q)
+        meta["Y_ALIGN"] = _row_align(spec, out, y_strides, vec)
+        meta["R_ALIGN"] = _row_align(spec, out, r_strides, vec) if spec.has_residual else 1
         launch = ((_cdiv(m, blocks["BLOCK_M"]), _cdiv(spec.k, blocks["BLOCK_N"])), m * spec.k,
                   (spec.n, spec.k, spec.p, spec.q, *y_strides, *r_strides), {**meta, **blocks})
         _split_launches[plan] = launch

@@ -17,7 +17,7 @@ import torch
 from .. import _backend, _pack, _plan
 from .._spec import Conv3dSpec
 from ..registry import FORWARD, Kernel, register
-from .forward import ConvDirect, _cdiv, _epilogue, _pow2_dividing, _reachable, _vector
+from .forward import ConvDirect, _cdiv, _epilogue, _pow2_dividing, _reachable, _row_align, _vector
 
 DEPTH_MIN_CHANNELS = 16  # input channels per group from which conv3d takes the depth kernel
 
@@ -69,6 +69,7 @@ class Conv3dDirect(Kernel):
         x = _reachable((spec.n, spec.c, spec.d, spec.h, spec.w), strides["x"])  # c: the group offset too
         w = _reachable(spec.weight_shape, strides["w"])
         taps = spec.taps
+        out = (spec.n, spec.k, spec.od, spec.p, spec.q)
         meta = {"KD": spec.kd, "KH": spec.kh, "KW": spec.kw,
                 "TAP_BITS": 32 if taps <= 32 else 64 if taps <= 64 else 0,
                 "X_ALIGN": _pow2_dividing(x[0], *x[2:], spec.c_per_group * (spec.groups > 1), cap=vec)
@@ -76,7 +77,9 @@ class Conv3dDirect(Kernel):
                 "W_ALIGN": _pow2_dividing(w[0], *w[2:], cap=vec) if w[1] == 1 else 1,
                 "C_ALIGN": _pow2_dividing(spec.c_per_group, cap=256),
                 "Y_DENSE": _dense_voxels(spec, strides["y"]),
-                "R_DENSE": spec.has_residual and _dense_voxels(spec, strides["r"])}
+                "R_DENSE": spec.has_residual and _dense_voxels(spec, strides["r"]),
+                "Y_ALIGN": _row_align(spec, out, strides["y"], vec),
+                "R_ALIGN": _row_align(spec, out, strides["r"], vec) if spec.has_residual else 1}
         front, _, top, _, left, _ = spec.padding
         return ((spec.n, spec.c_per_group, spec.d, spec.h, spec.w, spec.k_per_group, spec.od, spec.p, spec.q,
                  *spec.stride, front, top, left, *spec.dilation, *x, *w, *strides["y"], *strides["r"]),
