@@ -31,6 +31,17 @@ the host as A_ALIGN / B_ALIGN / D_ALIGN / R_ALIGN (elements; D: dX's rows, R: th
 and K_ALIGN / C_ALIGN (powers of two dividing K/g and C/g) compile out the masks of reduction and
 column blocks that never cut the extent.
 
+Sub-pixel (PHASE_C = C/g > 0; few input channels at a stride, e.g. an RGB stem): the phases
+become columns instead of blocks of tiles. One block of tiles over a phase grid (i, j) of pixels
+h = i * stride_h, w = j * stride_w computes every phase of that grid at once (stride_h here: the
+host's GRID_STEP times the convolution's; the grid's rows advance dY's by GRID_STEP): column
+(ph, r) holds dX[n, c, h + ph, w + pw] for run index r = pw * C/g + c, the runs padded to
+PHASE_RUN (a power of two). The loop is the stride-1 one over a KH x KW window of dY rows
+i * GRID_STEP + pad_h - kh (the union of the phases' taps, pad_h its offset); the host re-lays the
+weight per call with zeros where a phase has no tap at a window position and in the runs'
+padding (mcconv._pack.subpixel_weight). Three input channels at stride 2 then fill 48 of a
+64-column tile instead of 3 of 16.
+
 The epilogue is the forward's (kernels/common.py epilogue_store), the bias indexed by the output
 column (the input channel c): HAS_BIAS, ACTIVATION, STORE_PREACT and HAS_RESIDUAL (residual read
 through stride_r*) are off for the input gradient (compiled out); they make this kernel the
@@ -114,10 +125,13 @@ def conv2d_dgrad_kernel(
     INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr, TAP_BITS: tl.constexpr,
     A_ALIGN: tl.constexpr, B_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
     W_K_MAJOR: tl.constexpr, K_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
+    PHASE_C: tl.constexpr, PHASE_RUN: tl.constexpr, PHASE_SW: tl.constexpr, RUN_CONTIGUOUS: tl.constexpr,
+    W_EDGE: tl.constexpr, GRID_STEP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (cdiv(N * cdiv(H, stride_h) * cdiv(W, stride_w), BLOCK_M) * cdiv(C_PER_GROUP, BLOCK_N)
-    * stride_h * stride_w, groups): one block of tiles per stride phase."""
+    * stride_h * stride_w, groups): one block of tiles per stride phase; sub-pixel (PHASE_C > 0):
+    one block of tiles (see the module docstring)."""
     num_pid_m = tl.cdiv(N * tl.cdiv(H, stride_h) * tl.cdiv(W, stride_w), BLOCK_M)
     num_pid_n = tl.cdiv(C_PER_GROUP, BLOCK_N)
     phase = tl.program_id(0) // (num_pid_m * num_pid_n)
@@ -140,15 +154,22 @@ def conv2d_dgrad_kernel(
         stride_ww = tl.cast(stride_ww, tl.int64)
 
     # The phase's taps: kh = kh0 + th * step_h (th < nh) reads output row i + dp0 - th * dp_step.
-    kh0, nh, dp0, dp_step = phase_taps(phase_h, pad_h, KH, dil_h, stride_h, tap_step_h, tap_gcd_h, tap_inv_h)
-    kw0, nw, dq0, dq_step = phase_taps(phase_w, pad_w, KW, dil_w, stride_w, tap_step_w, tap_gcd_w, tap_inv_w)
+    # Sub-pixel: the window's taps (KH x KW, pad = the window's offset) at stride 1, for all phases.
+    if PHASE_C != 0:
+        tap_stride_h = 1
+        tap_stride_w = 1
+    else:
+        tap_stride_h = stride_h
+        tap_stride_w = stride_w
+    kh0, nh, dp0, dp_step = phase_taps(phase_h, pad_h, KH, dil_h, tap_stride_h, tap_step_h, tap_gcd_h, tap_inv_h)
+    kw0, nw, dq0, dq_step = phase_taps(phase_w, pad_w, KW, dil_w, tap_stride_w, tap_step_w, tap_gcd_w, tap_inv_w)
     k_blocks = tl.cdiv(K_PER_GROUP, BLOCK_K)
     # A tile past the phase's rows (phases differ in size) runs no iteration.
     trips = tl.where(pid_m * BLOCK_M < M, nh * nw * k_blocks, 0)
 
     n, i, j = split_pixels(offs_m, tl.maximum(rows_h, 1), tl.maximum(rows_w, 1))
-    p0 = i + dp0
-    q0 = j + dq0
+    p0 = i * GRID_STEP + dp0  # GRID_STEP: dY rows per phase-grid row (1 but sub-pixel)
+    q0 = j * GRID_STEP + dq0
     # Per-row offsets of this group's output channels at tap (kh0, kw0); the loop adds the
     # current tap's and channel block's scalar offset. Alignment hints: see the module docstring.
     dy_rows = tl.multiple_of(n * stride_dyn + p0 * stride_dyh + q0 * stride_dyw + group * K_PER_GROUP * stride_dyk,
@@ -226,17 +247,46 @@ def conv2d_dgrad_kernel(
 
     h = i * stride_h + phase_h
     w = j * stride_w + phase_w
+    mask = mask_m[:, None] & col_ok[None, :]
+    if PHASE_C != 0:
+        # Column (ph, r) of the tile: phase row ph, and r < stride_w * PHASE_C of its run
+        # (pw, c) = (r // PHASE_C, r % PHASE_C): dX[n, c, h + ph, w + pw] (h = i * stride_h,
+        # phase 0); r up to PHASE_RUN pads the run to a power of two. Pixels past the image's
+        # edge (phases with fewer rows) are masked. The run's extent is a constexpr, so that the
+        # mask is constant over whole vectors of a contiguous run (RUN_CONTIGUOUS: dX's (and the
+        # residual's) (pw, c) at unit steps, stored as r from the row's pixel w); w + pw < W is
+        # tested only where some run crosses the image's right edge (W_EDGE).
+        RUN_USED: tl.constexpr = PHASE_SW * PHASE_C  # PHASE_SW: stride_w, as a constexpr
+        col_h = offs_c // PHASE_RUN
+        run = offs_c % PHASE_RUN
+        chan = run % PHASE_C
+        mask = mask & (run < RUN_USED)[None, :] & ((h[:, None] + col_h[None, :]) < H)
+        if W_EDGE:  # W not a multiple of stride_w: the last grid column's runs cross the edge
+            mask = mask & ((j * RUN_USED)[:, None] + run[None, :] < W * PHASE_C)
+        c_group = PHASE_C
+        mask_c = run < RUN_USED
+        if RUN_CONTIGUOUS:  # the phase row's offset in whole vectors too (the host's D_ALIGN, R_ALIGN)
+            dx_cols = tl.multiple_of(col_h * stride_dxh, D_ALIGN) + run * stride_dxc
+            r_cols = tl.multiple_of(col_h * stride_rh, R_ALIGN) + run * stride_rc
+        else:
+            col_w = run // PHASE_C
+            dx_cols = col_h * stride_dxh + col_w * stride_dxw + chan * stride_dxc
+            r_cols = col_h * stride_rh + col_w * stride_rw + chan * stride_rc
+    else:
+        c_group = C_PER_GROUP
+        chan = offs_c
+        dx_cols = offs_c * stride_dxc
+        r_cols = offs_c * stride_rc
     # dX (and z) rows in whole 16-byte copies where the host found them so (D_ALIGN): without the
     # hint a channel count such as 40 makes every store a 2-byte one (and spills registers)
-    dx_rows = tl.multiple_of(n * stride_dxn + h * stride_dxh + w * stride_dxw + group * C_PER_GROUP * stride_dxc,
+    dx_rows = tl.multiple_of(n * stride_dxn + h * stride_dxh + w * stride_dxw + group * c_group * stride_dxc,
                              D_ALIGN)
-    mask = mask_m[:, None] & col_ok[None, :]
-    dx_offsets = dx_rows[:, None] + (offs_c * stride_dxc)[None, :]
+    dx_offsets = dx_rows[:, None] + dx_cols[None, :]
     if HAS_RESIDUAL:  # read through its own strides, its rows hinted as dX's (R_ALIGN)
-        r_rows = tl.multiple_of(n * stride_rn + h * stride_rh + w * stride_rw + group * C_PER_GROUP * stride_rc,
+        r_rows = tl.multiple_of(n * stride_rn + h * stride_rh + w * stride_rw + group * c_group * stride_rc,
                                 R_ALIGN)
-        r_offsets = r_rows[:, None] + (offs_c * stride_rc)[None, :]
+        r_offsets = r_rows[:, None] + r_cols[None, :]
     else:
         r_offsets = dx_offsets  # unused: the epilogue's residual branch is compiled out
-    epilogue_store(acc, dx_ptr, z_ptr, dx_offsets, mask, bias_ptr + group * C_PER_GROUP, offs_c, mask_c,
+    epilogue_store(acc, dx_ptr, z_ptr, dx_offsets, mask, bias_ptr + group * c_group, chan, mask_c,
                    r_ptr, r_offsets, HAS_BIAS, ACTIVATION, STORE_PREACT, HAS_RESIDUAL)

@@ -14,6 +14,10 @@ requires). A channels_last input or weight is read in place; otherwise the call 
   the input zero-padded spatially and to CP channels per group, channels_last; the weight as
   (K, KH, RUN), run index kw * CP + c, zero-filled (both small next to the output they feed).
 - :func:`dgrad_packed` -- the input gradient's weight copy (see its docstring).
+- :func:`subpixel_index` / :func:`subpixel_weight` -- the input gradient's sub-pixel mode
+  (few input channels at a stride): the weight gathered into a window of taps x (phase, channel)
+  columns, zeros where a phase has no tap (always: it is the operand that kernel reads, whatever
+  MCCONV_PACK_WEIGHTS says).
 
 Every copy is made in the call that uses it and never cached. A cache keyed on the weight's
 identity, storage and version counter went stale when a weight was written through ``.data``
@@ -85,3 +89,34 @@ def dgrad_packed(weight: torch.Tensor) -> torch.Tensor:
     channels_last weight of few input channels). Made from the weight's current values in the
     call that uses it; never cached (see the module docstring)."""
     return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+
+
+def subpixel_index(weight_shape, window_h, window_w, run: int) -> torch.Tensor:
+    """Where :func:`subpixel_weight` takes each element from: int64, shape (U, V, SH * run, K),
+    flat indices into the weight's (K, C/g, KH, KW) elements, K * C/g * KH * KW (a zero appended
+    after them) where a phase has no tap and in the padding of each phase row's run.
+
+    ``window_h`` (likewise ``window_w``): one entry per window row u < U, each a tuple of the tap
+    kh that phase ph reads there, or -1 (mcconv.ops.input_grad.subpixel_window). Column
+    ph * run + pw * C/g + c holds phase (ph, pw), channel c (kernels/conv2d_dgrad.py, PHASE_RUN).
+    A function of shapes only: the plan keeps it; the values are gathered in each call.
+    """
+    k, cg, kh, kw = weight_shape
+    zero = k * cg * kh * kw
+    th = torch.tensor(window_h, dtype=torch.int64)[:, None, :, None, None, None]  # u, ., ph, ., ., .
+    tw = torch.tensor(window_w, dtype=torch.int64)[None, :, None, :, None, None]  # ., v, ., pw, ., .
+    flat = (torch.arange(k) * cg + torch.arange(cg)[:, None]) * kh  # (C/g, K): (k * C/g + c) * KH
+    index = torch.where((th >= 0) & (tw >= 0), (flat + th) * kw + tw, zero)  # (U, V, SH, SW, C/g, K)
+    u, v, sh, sw = index.shape[:4]
+    padded = torch.full((u, v, sh, run, k), zero, dtype=torch.int64)
+    padded[:, :, :, :sw * cg] = index.reshape(u, v, sh, sw * cg, k)
+    return padded.reshape(u, v, sh * run, k)
+
+
+def subpixel_weight(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The sub-pixel input gradient's weight (kernels/conv2d_dgrad.py, PHASE_C): a fresh
+    ``(K, SH * run, U, V)`` view over memory ordered ``(U, V, SH * run, K)`` (K-major,
+    as :func:`dgrad_packed`), gathered from the weight's current values by ``index``
+    (:func:`subpixel_index`). Made in the call that uses it; never cached."""
+    flat = torch.nn.functional.pad(weight.reshape(-1), (0, 1))  # the zero at index K * C/g * KH * KW
+    return torch.take(flat, index).permute(3, 2, 0, 1)

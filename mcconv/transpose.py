@@ -7,7 +7,8 @@ dL/dz = ``x``. It runs on mcconv's input-gradient kernels (mcconv/ops/input_grad
 ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``, and
 ``y = act(conv_transpose2d(x, w) + bias + residual)`` is ONE launch: the bias (per output
 channel), the residual (the output's shape, any strides) and the activation are the kernel's
-epilogue, the forward convolution's (``conv_dgrad``; ``gemm_1x1_dgrad`` for 1x1 stride-1 calls,
+epilogue, the forward convolution's (``conv_dgrad``, or ``conv_dgrad_subpixel`` for few output
+channels at a stride, e.g. a generator's RGB layer; ``gemm_1x1_dgrad`` for 1x1 stride-1 calls,
 whose split reduction applies it in its second pass; ``depthwise_dgrad`` for one output channel
 per group, the depthwise forward's). As for the input gradient, ``conv_dgrad`` reads and writes
 channels_last: an NCHW input is copied before the launch and the output after it.
@@ -400,7 +401,8 @@ def explain_transpose2d(input, weight, bias=None, stride=1, padding=0, output_pa
                         activation=None, residual=None, device_name: str | None = None):
     """Which kernel and tile configuration :func:`conv_transpose2d` would launch for these
     arguments: a :class:`mcconv.Dispatch` of its input-gradient kernel (``conv_dgrad``;
-    ``gemm_1x1_dgrad`` for 1x1 stride-1 calls; ``depthwise_dgrad`` for one output channel per
+    ``conv_dgrad_subpixel`` for few output channels at a stride; ``gemm_1x1_dgrad`` for 1x1
+    stride-1 calls; ``depthwise_dgrad`` for one output channel per
     group), the bias, residual and activation in its epilogue. Tensors may be on the ``meta``
     device (shapes only); ``device_name`` selects another GPU model's tile table. Raises what the
     convolution raises for bad arguments."""

@@ -25,3 +25,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fresh_plans():
+    """An empty plan cache for the test (plans built under a monkeypatched rule do not leak)."""
+    from mcconv import _plan
+
+    _plan._plans.clear()
+    yield
+    _plan._plans.clear()

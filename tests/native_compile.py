@@ -314,6 +314,8 @@ TRANSPOSE_GEOMETRIES = [
     ("transposed depthwise 3x3 stride 2", (2, 32, 9, 9), (32, 1, 3, 3),
      dict(stride=2, padding=1, output_padding=1, groups=32)),
     ("transposed depthwise 3x3", (2, 32, 9, 9), (32, 1, 3, 3), dict(padding=1, groups=32)),
+    # a generator's RGB output (sub-pixel), on an odd image: its runs cross the right edge
+    ("transposed 4x4 to RGB", (2, 64, 9, 9), (64, 3, 4, 4), dict(stride=2, padding=1, output_padding=1)),
 ]
 
 

@@ -42,6 +42,18 @@ def reference_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, ac
     return y if activation is None else ACTIVATIONS[activation].reference(y)
 
 
+def reference_input_grad(grad_z, w, input_shape, stride=1, padding=0, dilation=1, groups=1):
+    """float64 dL/dx of conv2d on the CPU (padding as mcconv takes it, 4-tuples included)."""
+    x = torch.zeros(input_shape, dtype=torch.float64, requires_grad=True)
+    xin = x
+    if isinstance(padding, tuple) and len(padding) == 4:
+        top, bottom, left, right = padding
+        xin, padding = F.pad(x, (left, right, top, bottom)), 0
+    z = F.conv2d(xin, w.double().cpu(), None, stride, padding, dilation, groups)
+    z.backward(grad_z.double().cpu())
+    return x.grad
+
+
 def unit_roundoff(dtype: torch.dtype, device: str = DEVICE) -> float:
     """Relative rounding error of one operand or output element in mcconv's arithmetic."""
     if dtype == torch.float32:

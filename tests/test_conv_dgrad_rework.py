@@ -12,14 +12,14 @@ import torch.nn.functional as F
 import mcconv
 from mcconv import ACTIVATIONS, _pack, _plan, ops
 from mcconv.ops import input_grad
-from reference import DEVICE, DTYPES, assert_conv_close, backward_config
+from reference import DEVICE, DTYPES, assert_conv_close, backward_config, reference_input_grad
 
 
 @pytest.fixture
-def fresh_plans():
-    _plan._plans.clear()
-    yield
-    _plan._plans.clear()
+def phase_blocks(monkeypatch, fresh_plans):
+    """Strided input gradients of few channels on conv_dgrad's blocks of phase tiles: the
+    sub-pixel kernel, which takes them by default, is tested in test_conv_dgrad_subpixel.py."""
+    monkeypatch.setattr(input_grad.ConvDgradSubpixel, "applies", lambda self, spec: False)
 
 
 def _weight(shape, dtype, layout):
@@ -42,18 +42,6 @@ def _grad_z(shape, dtype, layout):
     return t
 
 
-def _reference_dx(gz, w, input_shape, stride, padding, dilation, groups):
-    """float64 dL/dx of conv2d (padding as mcconv takes it, 4-tuples included)."""
-    x = torch.zeros(input_shape, dtype=torch.float64, requires_grad=True)
-    xin = x
-    if isinstance(padding, tuple) and len(padding) == 4:
-        top, bottom, left, right = padding
-        xin, padding = F.pad(x, (left, right, top, bottom)), 0
-    z = F.conv2d(xin, w.double().cpu(), None, stride, padding, dilation, groups)
-    z.backward(gz.double().cpu())
-    return x.grad
-
-
 def _output_shape(input_shape, w_shape, stride, padding, dilation, groups):
     return mcconv.ConvSpec.from_shapes(input_shape, w_shape, stride, padding, dilation, groups).output_shape
 
@@ -70,7 +58,7 @@ def check_dgrad(input_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
     assert dx.shape == tuple(input_shape) and dx.dtype == dtype
     assert dx.stride() == plan.out_strides
     k, _, kh, kw = w_shape
-    assert_conv_close(dx, _reference_dx(gz, w, input_shape, stride, padding, dilation, groups), dtype,
+    assert_conv_close(dx, reference_input_grad(gz, w, input_shape, stride, padding, dilation, groups), dtype,
                       reduction_length=(k // groups) * kh * kw)
     return plan
 
@@ -90,12 +78,12 @@ GEOMETRIES = {
 
 
 @pytest.mark.parametrize("name", GEOMETRIES)
-def test_phase_tap_progressions(name):
+def test_phase_tap_progressions(name, phase_blocks):
     check_dgrad(*GEOMETRIES[name])
 
 
 @pytest.mark.parametrize("name", ["s2-d2", "s3-d2", "7x7-s1"])
-def test_phase_tap_progressions_contiguous(name):
+def test_phase_tap_progressions_contiguous(name, phase_blocks):
     check_dgrad(*GEOMETRIES[name], layout="contiguous", weight_layout="contiguous")
 
 
@@ -157,7 +145,7 @@ def test_tall_64_column_input_gradients_take_256_row_tiles():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_channel_strided_grad_z_and_grad_input(layout):
+def test_channel_strided_grad_z_and_grad_input(layout, phase_blocks):
     """dY with strided channels is read from a channels_last copy; dX is written channels_last and
     returned in the layout of dY's format (contiguous)."""
     plan = check_dgrad((2, 6, 7, 8), (5, 6, 3, 3), 2, 1, 1, 1, layout=layout, weight_layout="contiguous")
@@ -165,13 +153,13 @@ def test_channel_strided_grad_z_and_grad_input(layout):
     assert plan.pack_weight
 
 
-def test_unbatched():
+def test_unbatched(phase_blocks):
     x_shape, w_shape, *opts = GEOMETRIES["s3-d2"]
     for layout in ("channels_last", "contiguous"):
         check_dgrad(x_shape[1:], w_shape, *opts, layout=layout)
 
 
-def test_int64_offsets(monkeypatch, fresh_plans):
+def test_int64_offsets(monkeypatch, phase_blocks):
     monkeypatch.setattr(_plan, "INT32_LIMIT", 1)
     for name in ("s2-d2", "groups3-s2", "7x7-s1"):
         assert check_dgrad(*GEOMETRIES[name]).index_64
@@ -270,7 +258,7 @@ def transposed_conv(x, w, bias=None, stride=1, padding=0, output_padding=0, grou
     dict(stride=(3, 2), padding=(2, 0), output_padding=(1, 0), dilation=(1, 2)),
     dict(stride=2, padding=1, groups=2),
 ])
-def test_transposed_convolution_with_bias_and_activation(activation, case):
+def test_transposed_convolution_with_bias_and_activation(activation, case, phase_blocks):
     from mcconv import _kernels
 
     groups = case.get("groups", 1)

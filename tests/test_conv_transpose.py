@@ -132,10 +132,12 @@ def test_residual_and_activation(activation):
 
 # --------------------------------------------------------------------------- the fused epilogue
 
-# One case per kernel the op launches: conv_dgrad, gemm_1x1_dgrad (1x1, stride 1) and
-# depthwise_dgrad (one output channel per group), each with the epilogue in its own store.
+# One case per kernel the op launches: conv_dgrad, conv_dgrad_subpixel (few output channels at a
+# stride), gemm_1x1_dgrad (1x1, stride 1) and depthwise_dgrad (one output channel per group), each
+# with the epilogue in its own store.
 KERNEL_CASES = {
-    "conv_dgrad": (2, 4, (3, 4), 3, (3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "conv_dgrad": (2, 4, (3, 4), 12, (3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "conv_dgrad_subpixel": (2, 4, (3, 4), 3, (3, 3), dict(stride=2, padding=1, output_padding=1)),
     "gemm_1x1_dgrad": (2, 6, (3, 4), 4, (1, 1), dict(groups=2)),
     "depthwise_dgrad": (2, 4, (3, 4), 4, (3, 3), dict(stride=2, groups=4)),
 }
@@ -160,7 +162,8 @@ def test_fused_epilogue_values_and_gradients(activation, epilogue):
     """act(conv_transpose2d(x, w) + bias + residual) and its gradients (x, w, bias, residual)
     against float64 torch; the kernel rotates so that each activation meets all three."""
     has_bias, layout = EPILOGUES[epilogue]
-    kernel = list(KERNEL_CASES)[(ACTIVATION_NAMES.index(activation) + list(EPILOGUES).index(epilogue)) % 3]
+    kernel = list(KERNEL_CASES)[(ACTIVATION_NAMES.index(activation) + list(EPILOGUES).index(epilogue))
+                                % len(KERNEL_CASES)]
     n, c_in, size, c_out, k, conv = KERNEL_CASES[kernel]
     x, w, b = _make(n, c_in, size, c_out, k, conv.get("groups", 1), bias=has_bias)
     dispatch = mcconv.explain_transpose2d(x, w, b, **conv, activation=activation)
@@ -185,7 +188,8 @@ def test_forward_is_one_launch(kernel, train):
         mcconv.conv_transpose2d(x, w, b, **options, activation="silu", residual=r)
     assert len(launches) == 1
     fn, _, args, meta = launches[0]
-    assert fn.__name__ == {"conv_dgrad": "conv2d_dgrad_kernel", "gemm_1x1_dgrad": "conv1x1_gemm_kernel",
+    assert fn.__name__ == {"conv_dgrad": "conv2d_dgrad_kernel", "conv_dgrad_subpixel": "conv2d_dgrad_kernel",
+                           "gemm_1x1_dgrad": "conv1x1_gemm_kernel",
                            "depthwise_dgrad": "depthwise_dgrad_kernel"}[kernel]
     assert meta["HAS_BIAS"] and meta["HAS_RESIDUAL"] and meta["STORE_PREACT"] == train
     assert meta["ACTIVATION"] is mcconv.ACTIVATIONS["silu"].device()
@@ -572,16 +576,16 @@ def test_explain_names_the_input_gradient_kernel():
     e = dict(device="meta", dtype=torch.float16)
     x, w = torch.empty(2, 16, 7, 7, **e), torch.empty(16, 8, 3, 3, **e)
     d = mcconv.explain_transpose2d(x, w, stride=2, padding=1, output_padding=1)
-    assert d.kernel == "conv_dgrad" and tuple(d.output_shape) == (2, 8, 14, 14)
+    assert d.kernel == "conv_dgrad_subpixel" and tuple(d.output_shape) == (2, 8, 14, 14)  # 8 channels at stride 2
     assert mcconv.explain_transpose2d(x, torch.empty(16, 8, 1, 1, **e)).kernel == "gemm_1x1_dgrad"
     # output_padding >= stride (below the dilation): the call pads the input, and so does explain
     d = mcconv.explain_transpose2d(x, w, stride=1, padding=1, output_padding=1, dilation=2)
-    assert tuple(d.output_shape) == (2, 8, 10, 10) == tuple(F.conv_transpose2d(
+    assert d.kernel == "conv_dgrad" and tuple(d.output_shape) == (2, 8, 10, 10) == tuple(F.conv_transpose2d(
         torch.zeros(2, 16, 7, 7), torch.zeros(16, 8, 3, 3), stride=1, padding=1, output_padding=1, dilation=2).shape)
     with pytest.raises(mcconv.ConvArgumentError, match="output_padding"):
         mcconv.explain_transpose2d(x, w, stride=2, output_padding=2)
     # the epilogue is the kernel's; the output follows torch's layout (here the weight's channels_last)
     d = mcconv.explain_transpose2d(x, w.to(memory_format=torch.channels_last), torch.empty(8, **e), stride=2,
                                    activation="gelu", residual=torch.empty(2, 8, 15, 15, **e))
-    assert d.kernel == "conv_dgrad" and d.memory_format == "channels_last"
+    assert d.kernel == "conv_dgrad_subpixel" and d.memory_format == "channels_last"
     assert mcconv.explain_transpose2d(x, torch.empty(16, 1, 3, 3, **e), groups=16).kernel == "depthwise_dgrad"

@@ -26,13 +26,6 @@ from reference import COMPILE_PREAMBLE, COMPILE_SKIP, DEVICE, assert_conv_close,
 
 
 
-@pytest.fixture
-def fresh_plans():
-    _plan._plans.clear()
-    yield
-    _plan._plans.clear()
-
-
 def _tensor(shape, dtype, layout):
     t = torch.randn(shape, device=DEVICE).to(dtype)
     if layout == "channels_last" and t.dim() == 4:

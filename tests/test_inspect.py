@@ -52,6 +52,11 @@ CASES = [
     ("k100", conv("k100", 8, 64, 28, 100, 3), "float16", "forward", "h100-sxm", "relu"),
     ("c100", conv("c100", 8, 100, 28, 256, 3), "float16", "all", "h100-sxm", None),
     ("code", ConvTranspose2dLayer("code", 64, 100, 1, 1, 128, 4, 4), "float16", "forward", "h100-sxm", None),
+    # the RGB stem: the forward's few-channel fold; the input gradient's phases as columns (sub-pixel)
+    ("stem", conv("stem", 8, 3, 56, 64, 7, stride=2), "float16", "all", "h100-sxm", None),
+    # a generator's RGB output layer: the sub-pixel kernel with its epilogue (bias, silu)
+    ("rgb", ConvTranspose2dLayer("rgb", 8, 64, 28, 28, 3, 4, 4, (2, 2), (1, 1)), "float16", "forward", "h100-sxm",
+     "silu"),
 ]
 
 # The subprocess: every case through mcconv.tools.inspect, the reference GEMM, then the command
@@ -145,6 +150,8 @@ EXPECTED_KERNELS = {
     "k100": ["conv_direct"],
     "c100": ["conv_direct", "bias_act_grad", "split_sum", "conv_dgrad", "conv_wgrad", "split_sum"],
     "code": ["conv_dgrad"],
+    "stem": ["conv_direct", "bias_act_grad", "split_sum", "conv_dgrad_subpixel", "conv_wgrad", "split_sum"],
+    "rgb": ["conv_dgrad_subpixel"],
 }
 
 
@@ -222,6 +229,8 @@ TODAY = {  # the launches of EXPECTED_KERNELS, in order
     "k100": [(0.426, 0.426)],
     "c100": [(0.516, 0.516), (0.48, 0.826), (25.9, 0.914), (0.579, 0.579), (0.692, 0.692), (3.95, 0.221)],
     "code": [(0.68, 0.68)],
+    "stem": [(0.485, 0.485), (0.48, 0.826), (104.0, 3.66), (0.602, 0.602), (0.708, 0.708), (9.17, 0.245)],
+    "rgb": [(0.594, 0.594)],
 }
 MARGIN = 1.05
 

@@ -9,13 +9,6 @@ from mcconv import _pack, _plan
 from reference import DEVICE, assert_conv_close, reference_conv2d
 
 
-@pytest.fixture
-def fresh_plans():
-    _plan._plans.clear()
-    yield
-    _plan._plans.clear()
-
-
 def _weight(*shape, channels_last=False):
     w = torch.randn(*shape, device=DEVICE)
     return w.to(memory_format=torch.channels_last) if channels_last else w

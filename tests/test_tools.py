@@ -238,7 +238,7 @@ def test_transposed_layers_plan_bench_and_tune(capsys):
         rows = bench.run_rows(tiny, "float32", "channels_last", direction=direction, device="cpu",
                               timer=FakeTimer(), activation="relu")
         assert [r["status"] for r in rows] == ["ok", "ok"], rows
-        assert [r["kernel"] for r in rows] == ["conv_dgrad", "gemm_1x1_dgrad"]
+        assert [r["kernel"] for r in rows] == ["conv_dgrad_subpixel", "gemm_1x1_dgrad"]
     problems = tune.layer_problems(tiny[0], "float32", "channels_last", "cpu")
     assert [p.key for p in problems] == [p.key for p in tune.layer_problems(tiny[0].forward_layer(), "float32",
                                                                              "channels_last", "cpu")]

@@ -8,6 +8,7 @@ The result is laid out channels_last when dL/dz is (torch's suggested format), e
 |-------------------|------------------------------------|---------------------------------------------|
 | `gemm_1x1_dgrad`  | 1x1 kernel, stride 1, no padding   | kernels/conv1x1_gemm.py (W read transposed) |
 | `depthwise_dgrad` | groups == in-channels > 1          | kernels/depthwise_bwd.py                    |
+| `conv_dgrad_subpixel` | a stride, no dilation, few input channels a group (`applies`) | kernels/conv2d_dgrad.py (PHASE_C) |
 | `conv_dgrad`      | everything else                    | kernels/conv2d_dgrad.py                     |
 
 `gemm_1x1_dgrad` reads `gemm_1x1`'s tile table: the same GEMM as the forward's.
@@ -206,8 +207,7 @@ class DepthwiseDgrad(Kernel):
         return [spec.k // spec.c * walk["slots"][0], trips] if walk["row_loop"] else [trips]
 
 
-@register
-class ConvDgrad(Kernel):
+class ConvDgrad(Kernel):  # registered after ConvDgradSubpixel, its specialisation (dispatch order)
     name = "conv_dgrad"
     operation = INPUT_GRAD
     jit_name = "conv2d_dgrad_kernel"
@@ -269,25 +269,44 @@ class ConvDgrad(Kernel):
         return _epilogue_pointers(grad_z, weight, grad_input, bias, preact, residual)
 
     def arguments(self, spec, strides, split=1):
+        return self._arguments(spec, strides, spec.c_per_group, (spec.kh, spec.kw), _geometry(spec),
+                               (*_tap_progression(spec.stride[0], spec.dilation[0]),
+                                *_tap_progression(spec.stride[1], spec.dilation[1])), _phase_taps(spec))
+
+    def _arguments(self, spec, strides, columns, window, geometry, progressions, taps, subpixel=None):
+        """The kernel's arguments for `columns` (C/g, or the sub-pixel columns) and a (KH, KW)
+        `window` with `geometry` (strides, pads, dilations) and tap `progressions` (step, gcd,
+        inverse, along h then w); `taps`: of the fullest phase; `subpixel`: the sub-pixel
+        constexprs (PHASE_C, PHASE_RUN, PHASE_SW, W_EDGE, GRID_STEP), None for phases as blocks of tiles."""
         dy, w, dx = strides["dy"], strides["w"], strides["dx"]
         r = strides.get("r", (0, 0, 0, 0))
         elements = 16 // (spec.dtype.itemsize if spec.dtype is not None else 4)  # per 16-byte copy
         k_major = w[0] == 1 and w[1] != 1  # reduction (output channels) contiguous: W read as B^T
-        taps = _phase_taps(spec)
-        meta = {**_epilogue(spec),
+        sub = subpixel or {"PHASE_C": 0, "PHASE_RUN": 1, "PHASE_SW": 1, "W_EDGE": False, "GRID_STEP": 1}
+        # dX's (and the residual's) row offsets: n, h, w (sub-pixel: w in steps of the phase grid's
+        # columns; a phase's row h + ph), the group's channels
+        step_w = geometry[1] if subpixel else 1
+
+        def row_align(t):
+            return _align(elements, t[0], t[2], step_w * t[3], *([spec.c_per_group * t[1]] if spec.groups > 1 else []))
+
+        def run_contiguous(t):  # a sub-pixel run (pw, c) at unit steps of the channel stride
+            return t[3] == spec.c_per_group * t[1]
+
+        meta = {**_epilogue(spec), **sub,
+                "RUN_CONTIGUOUS": bool(subpixel) and run_contiguous(dx) and (not spec.has_residual or run_contiguous(r)),
                 # per-row tap validity: one bit per tap of the fullest phase, in int32 or int64
                 "TAP_BITS": 32 if taps <= 31 else 64 if taps <= 62 else 0,
                 # what the compiler cannot prove: row offsets in multiples of whole 16-byte copies
                 "A_ALIGN": _align(elements, *dy[:1], *dy[2:], spec.k_per_group * dy[1]),
                 "B_ALIGN": _align(elements, *(w[1:] if k_major else (w[0], *w[2:])), spec.k_per_group * w[0]),
-                "D_ALIGN": _align(elements, *dx[:1], *dx[2:], spec.c_per_group * dx[1]),
+                "D_ALIGN": row_align(dx),
                 # the residual's rows likewise; 1 without one (no compile variant per placeholder)
-                "R_ALIGN": _align(elements, *r[:1], *r[2:], spec.c_per_group * r[1]) if spec.has_residual else 1,
+                "R_ALIGN": row_align(r) if spec.has_residual else 1,
                 "W_K_MAJOR": k_major,
-                "K_ALIGN": _pow2_factor(spec.k_per_group), "C_ALIGN": _pow2_factor(spec.c_per_group)}
-        return ((spec.n, spec.c_per_group, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, spec.kh, spec.kw,
-                 *_geometry(spec), *_tap_progression(spec.stride[0], spec.dilation[0]),
-                 *_tap_progression(spec.stride[1], spec.dilation[1]), *dy, *w, *dx, *r), meta)
+                "K_ALIGN": _pow2_factor(spec.k_per_group), "C_ALIGN": _pow2_factor(columns)}
+        return ((spec.n, columns, spec.h, spec.w, spec.k_per_group, spec.p, spec.q, *window, *geometry,
+                 *progressions, *dy, *w, *dx, *r), meta)
 
     @staticmethod
     def packs_weight(spec, w_strides) -> bool:
@@ -313,6 +332,134 @@ class ConvDgrad(Kernel):
         # kernels/conv2d_dgrad.py: one loop `for _ in range(0, trips)` over (tap of the phase,
         # channel block): the taps of the fullest stride phase (all taps at stride 1) x K/g blocks
         return [_phase_taps(spec) * _cdiv(spec.k_per_group, config["BLOCK_K"])]
+
+
+def subpixel_window(stride: int, pad: int, taps: int, step: int = 1) -> tuple:
+    """One axis of the sub-pixel input gradient (dilation 1) over phases of step * stride pixels:
+    (offset D, rows), rows[u][ph] the tap that phase ph reads at window row u, from dY row
+    i * step + D - u, or -1 where it reads none.
+
+    Pixel h = i * step * stride + ph meets taps t0, t0 + stride, ... (t0 = (ph + pad) % stride)
+    from dY rows i * step + d0, i * step + d0 - 1, ... (d0 = (ph + pad) // stride); the window is
+    the union of those rows over the phases."""
+    phases = [((ph + pad) % stride, (ph + pad) // stride) for ph in range(step * stride)]
+    live = [(t0, d0) for t0, d0 in phases if t0 < taps]
+    offset = max(d0 for _, d0 in live)
+    low = min(d0 - (taps - 1 - t0) // stride for t0, d0 in live)
+    rows = []
+    for u in range(offset - low + 1):
+        taps_u = [t0 + (u - offset + d0) * stride for t0, d0 in phases]
+        rows.append(tuple(t if u - offset + d0 >= 0 and t < taps else -1 for t, (_, d0) in zip(taps_u, phases)))
+    return offset, tuple(rows)
+
+
+def _tile_columns(n: int) -> int:
+    """The columns a tile of n columns computes: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+@register
+class ConvDgradSubpixel(ConvDgrad):
+    """kernels/conv2d_dgrad.py in its sub-pixel mode (PHASE_C > 0): the stride phases as columns,
+    one stride-1 pass over the union of the phases' taps, the weight re-laid per call with zeros
+    where a phase has no tap (mcconv._pack.subpixel_weight).
+
+    It runs where that does less tensor-core work than a block of tiles per phase: (tile columns
+    x window taps) under (tile columns of C/g x KH * KW), at step 1. Channel-rich strided layers
+    (C/g = 64 at stride 2: 256 columns x 4 taps against 64 x 9) keep the phase blocks. With few
+    channels it then takes step 2 (`step`). mcconv inspect, fp16 channels_last, issue time of
+    the launch on triton 3.9 / 3.6, phase blocks -> sub-pixel:
+
+    - ResNet-50's stem (3 channels, 7x7, stride 2, batch 32): 218 / 212 -> 19.2 / 18.6 us
+      (memory: 18.3 us); effective pressure 2.25 -> 0.602 / 0.566, 16 -> 64 columns (48 used);
+    - MobileNetV2's first layer (3x3, stride 2): 110 / 101 -> 8.91 / 8.44 us (memory 10.6 us);
+    - DCGAN's RGB output (64 -> 3, 4x4 transposed, stride 2, 64 x 32x32): 21.0 / 20.7 -> 2.39 /
+      2.34 us (memory 3.0 us).
+    """
+
+    name = "conv_dgrad_subpixel"
+    table = "conv_dgrad"  # the same loop and tiles
+    about = ("input gradient of a strided convolution of few input channels: one stride-1 pass whose "
+             "columns are (stride phase, channel) (sub-pixel)")
+
+    def step(self, spec) -> int:
+        """Phase-grid rows per tile row: 2 (phases of 2 * stride pixels, 4x the columns) where a
+        step-1 tile has 16 columns (n16 MMAs, issue-bound on the dY tiles: pressure 2.25 for the
+        stem) and the wider window reads at most 2.5x the taps for 4x the pixels; else 1. The
+        stem's window grows from 4x4 to 5x5 taps: 25 taps for 16 pixels instead of 16 for 4. 2x2
+        patches at stride 2 read 4 taps for 4 pixels either way: step 1."""
+        if self.columns(spec, 1) > 16:
+            return 1
+        taps = [math.prod(len(rows) for _, rows in self.window(spec, step)) for step in (1, 2)]
+        return 2 if taps[1] <= 2.5 * taps[0] else 1
+
+    def window(self, spec, step: int | None = None) -> tuple:
+        """(subpixel_window along h, along w), at `step` (default: the call's)."""
+        step = self.step(spec) if step is None else step
+        return (subpixel_window(spec.stride[0], spec.padding[0], spec.kh, step),
+                subpixel_window(spec.stride[1], spec.padding[2], spec.kw, step))
+
+    def phase_stride(self, spec, step: int | None = None) -> tuple:
+        """Pixels between phase-grid rows (and columns): step * stride."""
+        step = self.step(spec) if step is None else step
+        return step * spec.stride[0], step * spec.stride[1]
+
+    def run(self, spec, step: int | None = None) -> int:
+        """PHASE_RUN: a phase row's (pw, c) columns, padded to a power of two."""
+        return 1 << (self.phase_stride(spec, step)[1] * spec.c_per_group - 1).bit_length()
+
+    def w_edge(self, spec) -> bool:
+        """W_EDGE: W not a multiple of the phase grid's column stride."""
+        return spec.w % self.phase_stride(spec)[1] != 0
+
+    def columns(self, spec, step: int | None = None) -> int:
+        """The tile's column extent: a run per phase row."""
+        return self.phase_stride(spec, step)[0] * self.run(spec, step)
+
+    def applies(self, spec):
+        if spec.stride == (1, 1) or spec.dilation != (1, 1):
+            return False
+        (_, rows_h), (_, rows_w) = self.window(spec, 1)
+        return (_tile_columns(self.columns(spec, 1)) * len(rows_h) * len(rows_w)
+                < _tile_columns(spec.c_per_group) * spec.kh * spec.kw)
+
+    def features(self, spec):
+        (_, rows_h), (_, rows_w) = self.window(spec)
+        return self._phase_rows(spec), self.columns(spec), spec.k_per_group * len(rows_h) * len(rows_w)
+
+    def _phase_rows(self, spec) -> int:
+        sh, sw = self.phase_stride(spec)
+        return spec.n * _cdiv(spec.h, sh) * _cdiv(spec.w, sw)
+
+    def limits(self, spec):
+        limits = {**super().limits(spec), "BLOCK_N": self.columns(spec)}
+        if self.w_edge(spec) or spec.groups > 1:
+            # Runs stored an element at a time (one crosses the right edge: the mask varies within
+            # a vector; another group's channels between a run's pixels) spilled at 128 rows:
+            # 756-1184 B (the stem's input gradient on 15x15 images, fp16, triton 3.9 / 3.6).
+            limits["BLOCK_M"] = min(limits["BLOCK_M"], 64)
+        return limits
+
+    def grid(self, spec, config, split=1):
+        return (_cdiv(self._phase_rows(spec), config["BLOCK_M"]) * _cdiv(self.columns(spec), config["BLOCK_N"]),
+                spec.groups)
+
+    def arguments(self, spec, strides, split=1):
+        (offset_h, rows_h), (offset_w, rows_w) = self.window(spec)
+        # the taps at stride 1 (step 1, gcd 1), the phase grid's strides for the epilogue's pixels
+        return self._arguments(spec, strides, self.columns(spec), (len(rows_h), len(rows_w)),
+                               (*self.phase_stride(spec), offset_h, offset_w, 1, 1), (1, 1, 0, 1, 1, 0),
+                               len(rows_h) * len(rows_w),
+                               {"PHASE_C": spec.c_per_group, "PHASE_RUN": self.run(spec),
+                                "PHASE_SW": self.phase_stride(spec)[1], "W_EDGE": self.w_edge(spec),
+                                "GRID_STEP": self.step(spec)})
+
+    def loop_trips(self, spec, config, split=1):
+        (_, rows_h), (_, rows_w) = self.window(spec)
+        return [len(rows_h) * len(rows_w) * _cdiv(spec.k_per_group, config["BLOCK_K"])]
+
+
+register(ConvDgrad)
 
 
 def _epilogue(spec) -> dict:
@@ -421,9 +568,17 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
     # A kernel declaring `packs_weight(spec, w_strides)` reads, when it says so, a per-call K-major
     # copy of the weight (mcconv._pack.dgrad_packed; MCCONV_PACK_WEIGHTS=0 turns it off).
     packs_weight = getattr(kernel, "packs_weight", None)
-    pack = packs_weight is not None and _pack.enabled() and packs_weight(spec, w_strides)
-    if pack:
-        w_strides = tuple(_pack.dgrad_packed(torch.empty(weight.shape, device="meta")).stride())
+    extra = {}
+    if kernel.name == ConvDgradSubpixel.name:  # its weight layout, always: the operand it reads
+        index = _pack.subpixel_index(weight.shape, *(rows for _, rows in kernel.window(spec)), kernel.run(spec))
+        packed = _pack.subpixel_weight(torch.empty(weight.shape, device="meta"), index.to("meta"))
+        extra["subpixel_index"] = index.to(grad_z.device)
+        pack, w_strides, w_shape = True, tuple(packed.stride()), packed.shape
+    else:
+        pack = packs_weight is not None and _pack.enabled() and packs_weight(spec, w_strides)
+        if pack:
+            w_strides = tuple(_pack.dgrad_packed(torch.empty(weight.shape, device="meta")).stride())
+        w_shape = weight.shape
     copy_dy = copy_dx = False
     if kernel.name == Gemm1x1Dgrad.name:
         from .forward import Gemm1x1
@@ -433,7 +588,7 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
             spec, (spec.n, spec.h, spec.w), _plan.batched(dy_strides), _plan.batched(dx_strides))
         if copy_dy:
             dy_strides = _plan.contiguous_strides(tuple(grad_z.shape), channels_last=True)
-    if kernel.name == ConvDgrad.name:
+    if isinstance(kernel, ConvDgrad):
         # dY's channels are the reduction, read as 16-byte rows: a channel-strided (NCHW) dY is
         # copied to channels_last in the call (reads and writes dY once), instead of 2-byte gathers
         # on every tap of the main loop (issue pressure 1.5-2.7 and up to 6 KB of spills per thread
@@ -444,10 +599,12 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
         # Likewise dX: the tile's columns are channels; stored along a strided channel axis (NCHW),
         # a 128x128 tile becomes 128 scalar stores per thread and spills (6 KB per thread): the
         # kernel writes a channels_last dX and the call returns its contiguous copy (2 |dX| bytes).
+        # The sub-pixel kernel too: its runs (pw, c) are vector stores channels_last, scattered
+        # NCHW (ResNet-50's stem, fp16, triton 3.9: 344 B spilled at 128x64; silu: 616 B).
         copy_dx = spec.c > 1 and out_strides[-3] != 1
         if copy_dx:
             dx_strides = _plan.contiguous_strides(input_shape, channels_last=True)
-    spans = [(grad_z.shape, dy_strides), (weight.shape, w_strides), (input_shape, dx_strides)]
+    spans = [(grad_z.shape, dy_strides), (w_shape, w_strides), (input_shape, dx_strides)]
     if residual is not None:
         spans.append((residual.shape, residual.stride()))
     pixels = spec.n * spec.h * spec.w
@@ -460,7 +617,7 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
     return _plan.build(kernel, spec, grad_z.device, _plan.target_of(grad_z.device, device_name, sm_count), strides,
                        out_shape=input_shape, out_strides=out_strides, spans=spans_of,
                        channels_last=channels_last, launch=math.prod(input_shape) > 0, pack_weight=pack,
-                       extra={"copy_grad_z": copy_dy, "grad_input_strides": dx_strides})
+                       extra={**extra, "copy_grad_z": copy_dy, "grad_input_strides": dx_strides})
 
 
 def _channels_last_copy(t):
@@ -486,7 +643,8 @@ def run(plan: _plan.Plan, grad_z, weight, bias=None, residual=None, preact: bool
         if grad_z.device.type != "cuda":
             _backend.check_runnable(grad_z.device)
         if plan.pack_weight:
-            weight = _pack.dgrad_packed(weight)
+            index = plan.extra.get("subpixel_index")
+            weight = _pack.dgrad_packed(weight) if index is None else _pack.subpixel_weight(weight, index)
         if plan.extra.get("copy_grad_z"):  # a channels_last copy of dL/dz (conv_dgrad; gemm_1x1_dgrad)
             grad_z = _channels_last_copy(grad_z)
         operands = (grad_z, weight, dx)
