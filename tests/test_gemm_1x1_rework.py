@@ -208,6 +208,31 @@ def test_reduction_block_is_capped_at_128_bytes_per_row():
                 assert p.kernel.loop_trips(p.spec, p.config, 3) == [math.ceil(256 // block_k / 3)]
 
 
+def test_epilogues_that_spilled_take_64_row_tiles():
+    """Tiles over 64 output columns store 64 rows at a time where 128 spilled: silu/gelu, and
+    channels_last rows not in 16-byte copies (YOLO's 255-channel head); the input gradient (a
+    transposed 1x1's epilogue) likewise by dX's channels. Weights whose rows are not 8-byte
+    copies are packed K-major for the input gradient (no 2-byte loads)."""
+    def forward_rows(k, activation=None, channels_last=True):
+        x = torch.empty(16, 256, 52, 52, device="meta", dtype=torch.float16)
+        x = x.to(memory_format=torch.channels_last) if channels_last else x
+        w = torch.empty(k, 256, 1, 1, device="meta", dtype=torch.float16)
+        b = torch.empty(k, device="meta", dtype=torch.float16)
+        return forward.plan(x, w, b, activation=activation, **H100).config["BLOCK_M"]
+
+    assert forward_rows(256) == forward_rows(256, "relu") == 128
+    assert forward_rows(256, "gelu") == forward_rows(256, "silu") == 64
+    assert forward_rows(255) == forward_rows(252) == 64
+    assert forward_rows(255, channels_last=False) == 128  # NCHW stores along the pixels
+    gz = torch.empty(16, 256, 52, 52, device="meta", dtype=torch.float16).to(memory_format=torch.channels_last)
+    plan = input_grad.plan(gz, torch.empty(256, 255, 1, 1, device="meta", dtype=torch.float16),
+                           (16, 255, 52, 52), **H100)
+    assert plan.kernel.name == "gemm_1x1_dgrad" and plan.config["BLOCK_M"] == 64 and plan.pack_weight
+    plan = input_grad.plan(gz, torch.empty(256, 256, 1, 1, device="meta", dtype=torch.float16),
+                           (16, 256, 52, 52), **H100)
+    assert plan.config["BLOCK_M"] == 128 and not plan.pack_weight
+
+
 def test_split_rule():
     split_for = forward.Gemm1x1.split_for
     assert split_for(52, 32, 132) == 2  # ResNet-50 l4.1.conv1 at batch 32: one wave of 104 programs
@@ -282,6 +307,7 @@ DGRAD_CASES = {
     "unbatched": ((24, 5, 6), 16, 1, "nchw"),
     "k-tail-200": ((1, 24, 3, 5), 200, 1, "cl"),
     "k-major-weight": ((2, 40, 5, 7), 24, 1, "cl"),  # the layout of a per-call (KH, KW, C/g, K) packing
+    "odd-channels": ((2, 7, 5, 6), 16, 1, "cl"),  # 7-element weight rows: packed K-major per call
 }
 
 

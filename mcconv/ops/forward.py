@@ -47,8 +47,8 @@ class Gemm1x1(Kernel):
         return spec.n * spec.p * spec.q, spec.k_per_group, spec.c_per_group
 
     def limits(self, spec):
-        return {"BLOCK_M": spec.n * spec.p * spec.q, "BLOCK_N": spec.k_per_group,
-                "BLOCK_K": self.reduction_limit(spec, spec.c_per_group)}
+        return {"BLOCK_M": self.rows_limit(spec, spec.n * spec.p * spec.q, spec.k, spec.k_per_group),
+                "BLOCK_N": spec.k_per_group, "BLOCK_K": self.reduction_limit(spec, spec.c_per_group)}
 
     def grid(self, spec, config, split=1):
         m = spec.n * spec.p * spec.q
@@ -77,6 +77,22 @@ class Gemm1x1(Kernel):
 
     ROW_BYTES = 128  # reduction block cap in bytes: 64 fp16/bf16, 32 fp32 elements
     SPLIT_MIN_STEPS = 8  # BLOCK_K steps per share of a split reduction, at least
+
+    @staticmethod
+    def rows_limit(spec, rows, channels, cols):
+        """BLOCK_M's cap: the GEMM's rows, and 64 where a tile of more than 64 output columns
+        (``cols`` of ``channels``) stores channels_last rows in copies under 16 bytes or applies
+        silu/gelu (ConvDirect.LIGHT_ACTIVATIONS aside): at 128 rows those epilogues spilled
+        (mcconv inspect, fp16, 16 x 256 x 52 x 52 -> 1x1, triton 3.9 / 3.6: K = 255 (YOLO's
+        detection head) with bias + silu 1336 / 3876 B, K = 252 32 / 0 B, K = 256 with gelu
+        424 / 256 B, a transposed 1x1 with gelu 472 / 264 B; none at 64 rows, pressure 0.34-0.36)."""
+        if spec.dtype is None or cols <= 64 or not spec.channels_last:
+            return rows
+        vec = _vector(spec)
+        heavy = (spec.activation.name if spec.activation else None) not in ConvDirect.LIGHT_ACTIVATIONS
+        if heavy or math.gcd(vec, channels, cols) < vec:
+            return min(rows, 64)
+        return rows
 
     @classmethod
     def reduction_limit(cls, spec, reduction):

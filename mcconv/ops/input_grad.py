@@ -68,8 +68,8 @@ class Gemm1x1Dgrad(Kernel):
     def limits(self, spec):
         from .forward import Gemm1x1
 
-        return {"BLOCK_M": spec.n * spec.h * spec.w, "BLOCK_N": spec.c_per_group,
-                "BLOCK_K": Gemm1x1.reduction_limit(spec, spec.k_per_group)}
+        return {"BLOCK_M": Gemm1x1.rows_limit(spec, spec.n * spec.h * spec.w, spec.c, spec.c_per_group),
+                "BLOCK_N": spec.c_per_group, "BLOCK_K": Gemm1x1.reduction_limit(spec, spec.k_per_group)}
 
     def grid(self, spec, config, split=1):
         return (_cdiv(spec.n * spec.h * spec.w, config["BLOCK_M"]) * _cdiv(spec.c_per_group, config["BLOCK_N"]),
@@ -112,8 +112,13 @@ class Gemm1x1Dgrad(Kernel):
         would load with 4-byte transposing cp.async (issue pressure 0.38 against 0.23 packed at
         128x128x32; the copy reads and writes K*C/g*4 bytes per call, under 0.1 % of the GEMM's
         traffic for ResNet-50's 56x56 layers, about half of it for its 7x7 ones). fp16/bf16 read
-        W in place (N-major B, 16-byte rows)."""
-        return bool(spec.tf32) and spec.dtype == torch.float32 and w_strides[0] != 1 and spec.k_per_group > 1
+        W in place (N-major B, 16-byte rows), unless its rows are not whole 8-byte copies (C/g =
+        255: 2-byte synchronous loads in the main loop, mcconv inspect, sm_90); then packed too."""
+        if w_strides[0] == 1 or spec.k_per_group <= 1:
+            return False
+        if spec.tf32 and spec.dtype == torch.float32:
+            return True
+        return w_strides[1] == 1 and math.gcd(16, w_strides[0] * spec.dtype.itemsize) < 8
 
 
 @register
@@ -550,10 +555,13 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
            activation, residual, channels_last):
     input_shape = _check(grad_z, weight, input_shape)
     _check_epilogue(grad_z, input_shape, bias, residual)
-    # The spec's epilogue fields describe dX's epilogue here (off for an input gradient).
+    if channels_last is None:
+        channels_last = _plan.follows_channels_last(grad_z)
+    # The spec's epilogue fields and memory format describe dX here (the epilogue is off for an
+    # input gradient).
     spec = ConvSpec.from_shapes(input_shape, weight.shape, stride, padding, dilation, groups, dtype=grad_z.dtype,
                                 tf32=tf32, has_bias=bias is not None, has_residual=residual is not None,
-                                activation=_activation(activation))
+                                activation=_activation(activation), channels_last=channels_last)
     if tuple(grad_z.shape) != spec.output_shape:
         raise ConvArgumentError(f"grad_z: expected the convolution's output shape {spec.output_shape}, "
                                 f"got {tuple(grad_z.shape)}")
@@ -561,8 +569,6 @@ def _build(grad_z, weight, input_shape, stride, padding, dilation, groups, tf32,
     epilogue = spec.has_bias or spec.has_residual or spec.activation is not None
     if epilogue and not getattr(kernel, "fused_epilogue", False):  # run() composes no epilogue of its own
         raise NotImplementedError(f"{kernel.name}: no fused epilogue (every input-gradient kernel must have one)")
-    if channels_last is None:
-        channels_last = _plan.follows_channels_last(grad_z)
     out_strides = _plan.contiguous_strides(input_shape, channels_last)
     dy_strides, w_strides, dx_strides = tuple(grad_z.stride()), tuple(weight.stride()), out_strides
     # A kernel declaring `packs_weight(spec, w_strides)` reads, when it says so, a per-call K-major
