@@ -180,6 +180,20 @@ def test_wgrad_split_is_deterministic(monkeypatch, split, fresh_plans):
     assert torch.equal(dw, weight_grad.run(plan, gz, x))
 
 
+def test_wgrad_cut_channel_blocks_take_32_lanes():
+    """Channel counts that cut a 16-channel block (C = 100, 104, 24) spilled the weight
+    gradient at 64 lanes: 32 lanes a block there; whole blocks (C = 96) keep 64."""
+    def lanes(c, dtype=torch.float16):
+        x = torch.empty(32, c, 28, 28, dtype=dtype, device="meta").to(memory_format=torch.channels_last)
+        gz = torch.empty_like(x)
+        plan = weight_grad.plan(gz, x, (c, 1, 3, 3), 1, 1, 1, c, device_name="NVIDIA_H100_80GB_HBM3", sm_count=132)
+        assert plan.kernel.name == "depthwise_wgrad"
+        return plan.config["BLOCK_M"]
+
+    assert lanes(100) == lanes(104) == lanes(24) == lanes(100, torch.float32) == 32
+    assert lanes(96) == lanes(144) == 64
+
+
 def test_dgrad_missing_taps_meet_no_infinity(fresh_plans):
     """At stride 2 a phase has fewer taps than slots; a slot that is no tap is skipped, not
     multiplied by a zero weight, so an infinite dY reaches only the pixels torch reaches."""

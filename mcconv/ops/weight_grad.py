@@ -57,8 +57,18 @@ class DepthwiseWgrad(Kernel):
     def features(self, spec):
         return spec.n * spec.p * spec.q, spec.k, spec.taps
 
+    # Lanes a block at most where a 16-channel block would be cut by the channel mask (C not a
+    # multiple of 16): its per-tap accumulators and masked loads spilled at 64 lanes (mcconv
+    # inspect, 3x3, 32 x C x 28 x 28, 64x16, triton 3.9 / 3.6: C = 100 fp16 492 / 680 B, bf16
+    # 500 / 732 B, tf32 44 / 96 B; C = 104 fp16 104 / 140 B). 8-channel blocks would fit too, but
+    # blocks stay >= 16 (tiles.fit). Whole blocks keep 64 lanes.
+    CUT_LANES = 32
+
     def limits(self, spec):
-        return {"BLOCK_M": self._walk(spec)["lanes"], "BLOCK_N": spec.k}
+        limits = {"BLOCK_M": self._walk(spec)["lanes"], "BLOCK_N": spec.k}
+        if spec.k & -spec.k < 16:
+            limits["BLOCK_M"] = min(limits["BLOCK_M"], self.CUT_LANES)
+        return limits
 
     @staticmethod
     def _rules():
