@@ -126,7 +126,7 @@ def conv2d_dgrad_kernel(
     A_ALIGN: tl.constexpr, B_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
     W_K_MAJOR: tl.constexpr, K_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
     PHASE_C: tl.constexpr, PHASE_RUN: tl.constexpr, PHASE_SW: tl.constexpr, RUN_CONTIGUOUS: tl.constexpr,
-    W_EDGE: tl.constexpr, GRID_STEP: tl.constexpr,
+    W_EDGE: tl.constexpr, GRID_STEP: tl.constexpr, ONE_K_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Grid: (cdiv(N * cdiv(H, stride_h) * cdiv(W, stride_w), BLOCK_M) * cdiv(C_PER_GROUP, BLOCK_N)
@@ -163,7 +163,10 @@ def conv2d_dgrad_kernel(
         tap_stride_w = stride_w
     kh0, nh, dp0, dp_step = phase_taps(phase_h, pad_h, KH, dil_h, tap_stride_h, tap_step_h, tap_gcd_h, tap_inv_h)
     kw0, nw, dq0, dq_step = phase_taps(phase_w, pad_w, KW, dil_w, tap_stride_w, tap_step_w, tap_gcd_w, tap_inv_w)
-    k_blocks = tl.cdiv(K_PER_GROUP, BLOCK_K)
+    if ONE_K_BLOCK:  # the host found K/g <= BLOCK_K: the block counter below folds away
+        k_blocks = 1
+    else:
+        k_blocks = tl.cdiv(K_PER_GROUP, BLOCK_K)
     # A tile past the phase's rows (phases differ in size) runs no iteration.
     trips = tl.where(pid_m * BLOCK_M < M, nh * nw * k_blocks, 0)
 

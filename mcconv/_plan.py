@@ -218,6 +218,7 @@ def build(kernel: Kernel, spec, device: torch.device, target: tuple, strides: Ma
     else:
         fn, grid = kernel.jit(), kernel.grid(spec, config, split)
         meta.update(config)
+    meta.update(kernel.tile_constexprs(spec, config))  # config {} under autotune: the general case
     rebuild = functools.partial(build, kernel, spec, device, target, strides, out_shape=out_shape,
                                 out_strides=out_strides, spans=spans, channels_last=channels_last, launch=launch,
                                 pack_weight=pack_weight, extra=extra)

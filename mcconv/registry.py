@@ -64,6 +64,11 @@ class Kernel:
         """(scalar arguments, constexprs) for operand strides keyed by operand name."""
         raise NotImplementedError
 
+    def tile_constexprs(self, spec, config: Mapping) -> dict:
+        """Constexprs that follow from the tile configuration (``config`` is empty under
+        autotune, whose blocks are chosen at launch: return the values valid for any blocks)."""
+        return {}
+
     def pointers(self, *operands) -> tuple:
         """The kernel's pointer arguments from the operation's operands (the same, unless a kernel
         serves another operation's signature)."""

@@ -107,6 +107,7 @@ def test_loop_over_taps_and_channel_blocks(dtype, weight_layout):
                        config=config)
     # the fullest phase: 2 taps along h (3 taps, stride 2) x 2 along w (dilation 2: even phases only), 3 blocks
     assert plan.kernel.loop_trips(plan.spec, plan.config) == [2 * 2 * 3]
+    assert not plan.meta["ONE_K_BLOCK"]  # three blocks a tap: the block counter stays
 
 
 def test_even_blocks_compile_their_masks_out():

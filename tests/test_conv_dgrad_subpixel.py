@@ -104,6 +104,8 @@ def test_store_facts():
     assert (stem.meta["PHASE_C"], stem.meta["PHASE_RUN"], stem.meta["PHASE_SW"], stem.meta["GRID_STEP"]) == (3, 16, 4, 2)
     assert stem.config["BLOCK_N"] == 64 and stem.meta["RUN_CONTIGUOUS"] and stem.meta["D_ALIGN"] == 4
     assert stem.meta["TAP_BITS"] == 32 and stem.kernel.loop_trips(stem.spec, stem.config) == [25]  # 5x5 window
+    # K/g = 64 in one channel block a tap (its counter compiled out); under autotune, blocks unknown
+    assert stem.meta["ONE_K_BLOCK"] and stem.kernel.tile_constexprs(stem.spec, {}) == {"ONE_K_BLOCK": False}
     grouped = plan((8, 6, 32, 32), (9, 2, 3, 3), 2, 1, groups=3)
     assert grouped.kernel.name == "conv_dgrad_subpixel" and not grouped.meta["RUN_CONTIGUOUS"]
 
